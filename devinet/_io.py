@@ -1,0 +1,65 @@
+"""Small file helpers shared by every tool: atomic writes and destination checks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import FileFormatError
+
+
+def check_destination(path: str | os.PathLike, force: bool = False) -> Path:
+    """Refuse a destination that exists (unless ``force``), is a directory or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileFormatError(path, "destination is a directory")
+    if path.exists() and not force:
+        raise FileFormatError(path, "destination exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileFormatError(path, f"destination folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise FileFormatError(path, f"destination folder {parent} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` only on success.
+
+    The temporary file lives in the destination folder (same file system, so the final
+    ``os.replace`` is atomic). On any exception, including KeyboardInterrupt, it is removed,
+    so a reader never sees a partial file at ``path``.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp", dir=path.parent or "."
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")

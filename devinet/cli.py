@@ -1,0 +1,71 @@
+"""The ``devinet`` command: one entry point, one subcommand per job.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``. Those modules import only the standard library at import time, so
+``devinet --help`` is fast and never imports TensorFlow; heavy dependencies are imported
+inside ``run`` and missing ones are reported with one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+from . import __version__
+from .errors import DevinetError
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS = {
+    "info": ("devinet.info", "show presets, parameter counts and frame geometry"),
+    "convert": ("parity.cli_convert", "convert a checkpoint between Keras files and devinet"),
+    "parity": ("parity.cli_parity", "compare a Keras file with devinet layer by layer"),
+    "features": ("experiments.features_cli", "pack a folder of wav clips into an HDF5 log-mel file"),
+    "evaluate": ("experiments.evaluate_cli", "score predictions with the official DCASE 2017 Task 4 metrics"),
+    "reproduce": ("experiments.reproduce", "run the paper's weak-label experiments end to end"),
+    "bench": ("experiments.bench", "benchmark devinet against the Keras reference"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="devinet",
+        description="The CVSSP gated CRNN (DCASE 2017 Task 4) in PyTorch: conversion, parity, experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"devinet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module_name.rpartition(".")[0]) is None or importlib.util.find_spec(module_name) is None:
+            continue  # TODO(dev): remove once every subcommand module exists
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except DevinetError as exc:
+        print(f"devinet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"devinet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        # File-system problems (permissions, disk full, ...) are the user's to fix: one line.
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"devinet {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Layers of the CVSSP gated CRNN, with the exact semantics of the original Keras 2.0.8 model.
+
+Every layer here computes what its Keras 2.0.8 counterpart computed, so that weights
+converted from an original checkpoint reproduce the original outputs. Where PyTorch's
+built-in layer differs (GRU, hard sigmoid, BatchNorm defaults) the emulation says so in
+its name.
+
+Shapes follow PyTorch conventions: images are (N, C, T, F) (time, then mel bins), sequences
+are batch-first (N, T, D).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+# Keras 2 BatchNormalization defaults, expressed in PyTorch terms
+# (Keras momentum 0.99 is the weight of the old statistic; PyTorch's momentum is 1 - that).
+KERAS_BN_EPS = 1e-3
+KERAS_BN_MOMENTUM = 0.01
+
+
+def keras2_hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras 2.x ``hard_sigmoid``: clip(0.2 x + 0.5, 0, 1).
+
+    Not ``torch.nn.functional.hardsigmoid`` (x/6 + 1/2), nor Keras 3's 'hard_sigmoid'.
+    """
+    return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
+
+
+def _linear(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "linear": _linear,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "keras2_hard_sigmoid": keras2_hard_sigmoid,
+}
+
+
+def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+
+
+class Conv2dAct(nn.Conv2d):
+    """Conv2d with 'same' padding followed by an activation, like a Keras ``Conv2D(activation=...)``.
+
+    The module's output is the activated map, so a forward hook sees what Keras reports as
+    the layer's output. (N, C_in, T, F) -> (N, C_out, T, F).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
+                 activation: str = "linear"):
+        if kernel_size % 2 != 1:
+            raise ConfigError(f"'same' padding needs an odd kernel size, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.activation = activation
+        self._act = get_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._act(super().forward(x))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}"
+
+
+class Dense(nn.Linear):
+    """Linear layer followed by an activation, like Keras ``Dense(activation=...)``.
+
+    'softmax' is taken over the last dimension (Keras' default axis). Applied to (..., in)
+    it acts frame by frame, like ``TimeDistributed(Dense)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str = "linear", bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        if activation != "softmax":
+            get_activation(activation)  # validate the name
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if self.activation == "softmax":
+            return torch.softmax(y, dim=-1)
+        return ACTIVATIONS[self.activation](y)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}"
+
+
+class GatedConvBlock(nn.Module):
+    """The CVSSP gated convolution: Conv2d (no bias) -> BatchNorm -> GLU.
+
+    The convolution produces ``2 * out_channels`` maps; the SECOND half gates the first:
+    ``y = a * sigmoid(b)`` with ``a, b = split(x, 2, dim=1)``, i.e. ``F.glu(x, dim=1)``.
+    (N, C_in, T, F) -> (N, out_channels, T, F).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM):
+        super().__init__()
+        self.conv = Conv2dAct(in_channels, 2 * out_channels, kernel_size, bias=False)
+        self.bn = nn.BatchNorm2d(2 * out_channels, eps=bn_eps, momentum=bn_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.glu(self.bn(self.conv(x)), dim=1)
+
+
+class ConvBlock(nn.Module):
+    """Non-gated baseline block: Conv2d (no bias) -> BatchNorm -> ReLU, (N, C_in, T, F) -> (N, C, T, F)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM):
+        super().__init__()
+        self.conv = Conv2dAct(in_channels, out_channels, kernel_size, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class Keras2GRU(nn.Module):
+    """A GRU that computes exactly what Keras 2.0.8's ``GRU`` computed (and its reset-after form).
+
+    Keras 2.0.8 (``reset_after=False``, one bias)::
+
+        z  = rec_act(x W_z + b_z + h U_z)
+        r  = rec_act(x W_r + b_r + h U_r)
+        h~ = act(x W_h + b_h + (r * h) U_h)        # reset applied BEFORE the recurrent matmul
+        h' = z * h + (1 - z) * h~
+
+    ``reset_after=True`` (Keras 3 default, CuDNN, ``torch.nn.GRU``) uses two biases and
+    ``h~ = act(x W_h + b_ih + r * (h U_h + b_hh))``; with tanh/sigmoid activations it is
+    exactly ``torch.nn.GRU`` and takes its fused kernel.
+
+    Parameters are stored the way ``torch.nn.GRU`` stores them (``weight_ih_l0`` (3H, I),
+    ``weight_hh_l0`` (3H, H), ``bias_ih_l0`` (3H,), ``bias_hh_l0`` only with reset_after,
+    ``*_reverse`` for the backward direction) in PyTorch's gate order r, z, n. Keras stores
+    z, r, h; conversion reorders.
+
+    The backward direction reads the sequence reversed and its outputs are re-reversed, as
+    Keras' ``Bidirectional`` does with ``return_sequences=True``; directions are concatenated
+    (forward first). Input (N, T, I) batch-first; output (N, T, D*H).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, activation: str = "tanh",
+                 recurrent_activation: str = "keras2_hard_sigmoid", reset_after: bool = False,
+                 bidirectional: bool = False):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.activation = activation
+        self.recurrent_activation = recurrent_activation
+        self.reset_after = reset_after
+        self.bidirectional = bidirectional
+        self._act = get_activation(activation)
+        self._rec_act = get_activation(recurrent_activation)
+        H = hidden_size
+        for suffix in self._suffixes():
+            self.register_parameter(f"weight_ih_l0{suffix}", nn.Parameter(torch.empty(3 * H, input_size)))
+            self.register_parameter(f"weight_hh_l0{suffix}", nn.Parameter(torch.empty(3 * H, H)))
+            self.register_parameter(f"bias_ih_l0{suffix}", nn.Parameter(torch.empty(3 * H)))
+            if reset_after:
+                self.register_parameter(f"bias_hh_l0{suffix}", nn.Parameter(torch.empty(3 * H)))
+        self.reset_parameters()
+
+    def _suffixes(self) -> tuple[str, ...]:
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """Keras defaults: glorot-uniform input kernel, orthogonal recurrent kernel, zero biases."""
+        H = self.hidden_size
+        for suffix in self._suffixes():
+            nn.init.xavier_uniform_(getattr(self, f"weight_ih_l0{suffix}"))
+            w_hh = getattr(self, f"weight_hh_l0{suffix}")
+            with torch.no_grad():
+                # Keras initialises the whole (H, 3H) recurrent kernel as one orthogonal matrix.
+                w_hh.copy_(nn.init.orthogonal_(torch.empty(H, 3 * H)).t())
+            nn.init.zeros_(getattr(self, f"bias_ih_l0{suffix}"))
+            if self.reset_after:
+                nn.init.zeros_(getattr(self, f"bias_hh_l0{suffix}"))
+
+    @property
+    def uses_fused_kernel(self) -> bool:
+        """True when the semantics equal ``torch.nn.GRU`` exactly, so its fused kernel is used."""
+        return self.reset_after and self.activation == "tanh" and self.recurrent_activation == "sigmoid"
+
+    def _direction_weights(self, suffix: str):
+        b_hh = getattr(self, f"bias_hh_l0{suffix}") if self.reset_after else None
+        return (getattr(self, f"weight_ih_l0{suffix}"), getattr(self, f"weight_hh_l0{suffix}"),
+                getattr(self, f"bias_ih_l0{suffix}"), b_hh)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, T, I) -> (N, T, D*H); ``h0`` optional (D, N, H) initial state (zeros by default)."""
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"Keras2GRU expects (batch, time, {self.input_size}), got {tuple(x.shape)}")
+        if self.uses_fused_kernel:
+            return self._forward_fused(x, h0)
+        D, H = self.num_directions, self.hidden_size
+        N, T, _ = x.shape
+        weights = [self._direction_weights(s) for s in self._suffixes()]
+        # Input projections of every time step and direction in one matmul: (D, N, T, 3H).
+        w_ih = torch.stack([w[0] for w in weights])
+        b_ih = torch.stack([w[2] for w in weights])
+        xw = torch.einsum("nti,dgi->dntg", x, w_ih) + b_ih[:, None, None, :]
+        if D == 2:
+            xw = torch.stack([xw[0], xw[1].flip(1)])
+        w_hh = torch.stack([w[1] for w in weights]).transpose(1, 2)  # (D, H, 3H)
+        b_hh = torch.stack([w[3] for w in weights])[:, None, :] if self.reset_after else None
+        h = x.new_zeros(D, N, H) if h0 is None else h0
+        outputs = self._scan(xw, w_hh, b_hh, h)  # (D, N, T, H)
+        if D == 2:
+            return torch.cat([outputs[0], outputs[1].flip(1)], dim=-1)
+        return outputs[0]
+
+    def _scan(self, xw: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+              h: torch.Tensor) -> torch.Tensor:
+        """The recurrence over time for all directions at once; xw (D, N, T, 3H), h (D, N, H)."""
+        H = self.hidden_size
+        act, rec_act = self._act, self._rec_act
+        xr, xz, xn = xw.split(H, dim=-1)
+        outs = []
+        if self.reset_after:
+            for t in range(xw.shape[2]):
+                hh = torch.baddbmm(b_hh, h, w_hh)
+                hr, hz, hn = hh.split(H, dim=-1)
+                r = rec_act(xr[:, :, t] + hr)
+                z = rec_act(xz[:, :, t] + hz)
+                n = act(xn[:, :, t] + r * hn)
+                h = z * h + (1 - z) * n
+                outs.append(h)
+        else:
+            w_rz, w_n = w_hh[..., : 2 * H], w_hh[..., 2 * H:]
+            for t in range(xw.shape[2]):
+                hr, hz = torch.bmm(h, w_rz).split(H, dim=-1)
+                r = rec_act(xr[:, :, t] + hr)
+                z = rec_act(xz[:, :, t] + hz)
+                n = act(xn[:, :, t] + torch.bmm(r * h, w_n))
+                h = z * h + (1 - z) * n
+                outs.append(h)
+        return torch.stack(outs, dim=2)
+
+    def _forward_fused(self, x: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+        flat = [p for s in self._suffixes() for p in self._direction_weights(s)]
+        if h0 is None:
+            h0 = x.new_zeros(self.num_directions, x.shape[0], self.hidden_size)
+        out, _ = torch._VF.gru(x, h0, flat, True, 1, 0.0, self.training, self.bidirectional, True)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, activation={self.activation}, "
+                f"recurrent_activation={self.recurrent_activation}, reset_after={self.reset_after}, "
+                f"bidirectional={self.bidirectional}")
+
+
+class GatedBiGRU(nn.Module):
+    """The CVSSP gated bidirectional GRU: ``linear_bigru(x) * sigmoid_bigru(x)``.
+
+    Two bidirectional Keras-2 GRUs read the same input, one with a linear candidate
+    activation and one with a sigmoid; their (concatenated-direction) outputs are multiplied.
+    With ``gated=False`` a single bidirectional GRU with ``activation`` is used instead.
+    (N, T, I) -> (N, T, 2H).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, gated: bool = True,
+                 recurrent_activation: str = "keras2_hard_sigmoid", reset_after: bool = False,
+                 activation: str = "tanh"):
+        super().__init__()
+        self.gated = gated
+        kwargs = dict(recurrent_activation=recurrent_activation, reset_after=reset_after, bidirectional=True)
+        if gated:
+            self.linear = Keras2GRU(input_size, hidden_size, activation="linear", **kwargs)
+            self.sigmoid = Keras2GRU(input_size, hidden_size, activation="sigmoid", **kwargs)
+        else:
+            self.gru = Keras2GRU(input_size, hidden_size, activation=activation, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.linear(x) * self.sigmoid(x)
+        return self.gru(x)
+
+
+class MeanPoolingHead(nn.Module):
+    """Frame-wise sigmoid classifier, clip output = mean over time (CVSSP crnn_at).
+
+    (N, T, D) -> {'framewise': (N, T, C), 'clipwise': (N, C)}.
+    """
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.frame = Dense(in_features, num_classes, activation="sigmoid")
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        frame = self.frame(x)
+        return {"clipwise": frame.mean(dim=1), "framewise": frame}
+
+
+class AttentionPoolingHead(nn.Module):
+    """CVSSP attention pooling (crnn_sed).
+
+    ``cla = sigmoid(W x)`` per frame; ``att = softmax(V cla)`` over CLASSES at each frame
+    (applied to the sigmoid output, not to the features); clip output
+    ``sum_t(cla * att) / sum_t(clip(att, eps, 1))`` with eps 1e-7 as in the original.
+    (N, T, D) -> {'framewise': cla, 'attention': att (N, T, C), 'clipwise': (N, C)}.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, eps: float = 1e-7):
+        super().__init__()
+        self.eps = eps
+        self.frame = Dense(in_features, num_classes, activation="sigmoid")
+        self.attention = Dense(num_classes, num_classes, activation="softmax")
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        cla = self.frame(x)
+        att = self.attention(cla)
+        clip = (cla * att).sum(dim=1) / att.clamp(self.eps, 1.0).sum(dim=1)
+        return {"clipwise": clip, "framewise": cla, "attention": att}
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+def keras_glorot_init_(module: nn.Module) -> None:
+    """Keras defaults for conv and dense layers: glorot-uniform kernels, zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def count_keras_params(module: nn.Module) -> int:
+    """Parameter count as Keras reports it: trainable parameters plus BatchNorm moving statistics."""
+    n = sum(p.numel() for p in module.parameters())
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            n += m.running_mean.numel() + m.running_var.numel()
+    return n

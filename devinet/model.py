@@ -1,0 +1,161 @@
+"""DeviNet: the CVSSP gated CRNN family.
+
+Module names are the canonical layer names shared with ``keras_reference`` (PyTorch
+``gcnn.3.conv`` is Keras ``gcnn_3_conv``); the conversion table in ``parity`` relies on them.
+
+::
+
+    (N, T, F) log-mel
+      -> unsqueeze            (N, 1, T, F)
+      -> gcnn.{i} blocks with pool.{j} after each group      (N, C, T', F')
+      -> final_conv (ReLU) -> final_pool                      (N, 256, T_out, 1)
+      -> to sequence                                          (N, T_out, 256)
+      -> rnn.{k} (gated BiGRU)                                (N, T_out, 2H)
+      -> dense.{m} (tanh, optional)
+      -> head: frame-wise sigmoid + mean or attention pooling
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import DeviNetConfig, preset_config
+from .errors import InputError
+from .layers import (
+    AttentionPoolingHead,
+    ConvBlock,
+    Conv2dAct,
+    Dense,
+    GatedBiGRU,
+    GatedConvBlock,
+    MeanPoolingHead,
+    count_keras_params,
+    keras_glorot_init_,
+)
+
+
+class DeviNet(nn.Module):
+    """The CVSSP gated CRNN (and its configurable family).
+
+    ``forward(x)`` takes a (N, T, n_mels) float log-mel batch and returns a dict with
+    ``clipwise`` (N, C) and ``framewise`` (N, T_out, C) probabilities (``attention`` too
+    for the attention head), where ``T_out = self.num_frames(T)``.
+    """
+
+    def __init__(self, config: DeviNetConfig):
+        super().__init__()
+        if not isinstance(config, DeviNetConfig):
+            raise TypeError(f"DeviNet needs a DeviNetConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        block = GatedConvBlock if c.gated_conv else ConvBlock
+        blocks, pools = [], []
+        in_ch = 1
+        for n_blocks, pool in zip(c.conv_groups, c.pools):
+            for _ in range(n_blocks):
+                blocks.append(block(in_ch, c.conv_channels, c.kernel_size, c.bn_eps, c.bn_momentum))
+                in_ch = c.conv_channels
+            pools.append(nn.MaxPool2d(pool))
+        self.gcnn = nn.ModuleList(blocks)
+        self.pool = nn.ModuleList(pools)
+        #: index of the last block of each group, after which pool.{j} applies
+        self._pool_after = [sum(c.conv_groups[: j + 1]) - 1 for j in range(len(c.conv_groups))]
+        if c.final_conv_channels:
+            self.final_conv = Conv2dAct(in_ch, c.final_conv_channels, c.kernel_size, bias=True, activation="relu")
+            in_ch = c.final_conv_channels
+        else:
+            self.final_conv = None
+        self.final_pool = nn.MaxPool2d(c.final_pool)
+        self.dropout = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
+        rnns = []
+        for hidden in c.rnn_hidden:
+            rnns.append(GatedBiGRU(in_ch, hidden, gated=c.gated_rnn,
+                                   recurrent_activation=c.rnn_recurrent_activation,
+                                   reset_after=c.rnn_reset_after, activation=c.rnn_activation))
+            in_ch = 2 * hidden
+        self.rnn = nn.ModuleList(rnns)
+        dense = []
+        for size in c.linear_layers:
+            dense.append(Dense(in_ch, size, activation="tanh"))
+            in_ch = size
+        self.dense = nn.ModuleList(dense)
+        #: features per frame that the head reads (the pyannote integration builds its own head on them)
+        self.embedding_size = in_ch
+        if c.head == "attention":
+            self.head = AttentionPoolingHead(in_ch, c.num_classes, eps=c.attention_eps)
+        else:
+            self.head = MeanPoolingHead(in_ch, c.num_classes)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "DeviNet":
+        """Build a preset (``cvssp_crnn_at``, ``cvssp_crnn_sed``, ``cvssp_cnnrnn_at``,
+        ``cvssp_crnn_baseline``, ``pyannote_devinet``); ``overrides`` are config fields, ``blocks=8``
+        for the intended eight gated blocks, or the pyannote port's keys for ``pyannote_devinet``."""
+        return cls(preset_config(name, **overrides))
+
+    def reset_parameters(self) -> None:
+        """Keras' default initialisers (glorot-uniform kernels, orthogonal recurrent kernels, zero biases)."""
+        self.apply(keras_glorot_init_)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_parameters()
+
+    # ------------------------------------------------------------------ geometry
+    def num_frames(self, num_input_frames: int) -> int:
+        """Output frames for an input of ``num_input_frames`` frames."""
+        return self.config.num_frames(num_input_frames)
+
+    def receptive_field(self) -> tuple[int, int]:
+        """(size, step) in input frames of one output frame of the convolutional front end."""
+        return self.config.receptive_field()
+
+    def num_parameters(self, keras_style: bool = True) -> int:
+        """Parameter count; ``keras_style`` adds BatchNorm moving statistics as Keras counts them."""
+        return count_keras_params(self) if keras_style else sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        c = self.config
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"DeviNet expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise InputError(f"DeviNet expects a (batch, frames, {c.n_mels}) log-mel tensor, got shape {tuple(x.shape)}")
+        if x.shape[-1] != c.n_mels:
+            raise InputError(f"DeviNet expects {c.n_mels} mel bins in the last dimension, got shape {tuple(x.shape)}")
+        if x.shape[1] < c.min_input_frames:
+            raise InputError(f"DeviNet needs at least {c.min_input_frames} frames (its time pooling), got {x.shape[1]}")
+        if not x.is_floating_point():
+            raise InputError(f"DeviNet expects a floating-point tensor, got {x.dtype}")
+        dtype = self.head.frame.weight.dtype
+        if x.dtype != dtype:
+            raise InputError(f"input dtype {x.dtype} does not match the model's {dtype} (convert one of them)")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, n_mels) log-mel -> (N, T_out, embedding_size) per-frame features before the head."""
+        self._check_input(x)
+        h = x.unsqueeze(1)
+        pool_after = dict(zip(self._pool_after, self.pool))
+        for i, block in enumerate(self.gcnn):
+            h = block(h)
+            if i in pool_after:
+                h = self.dropout(pool_after[i](h))
+        if self.final_conv is not None:
+            h = self.final_conv(h)
+        h = self.final_pool(h)
+        h = h.squeeze(-1).transpose(1, 2)  # (N, C, T_out, 1) -> (N, T_out, C)
+        for rnn in self.rnn:
+            h = rnn(h)
+        for dense in self.dense:
+            h = dense(self.dropout(h))
+        return h
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head(self.forward_features(x))
+
+    def extra_repr(self) -> str:
+        return f"preset={self.config.name}"

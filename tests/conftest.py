@@ -1,0 +1,57 @@
+"""Shared fixtures: where the reference data lives, and the CI rule that nothing skips there.
+
+The reference data (../shared/reference, or $DEVINET_REFERENCE_DIR) is real material that
+this project did not write. Tests that need it or TensorFlow skip with a clear message on a
+developer machine without them; under CI (CI=true) a skip of that kind is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _reference_dir() -> Path:
+    env = os.environ.get("DEVINET_REFERENCE_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "reference"
+
+
+def require(condition: bool, message: str) -> None:
+    """Skip (developer machine) or fail (CI) when a prerequisite is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must not skip: {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    path = _reference_dir()
+    require(path.is_dir(), f"reference data not found at {path} (set DEVINET_REFERENCE_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def keras():
+    """The Keras 3 module; tests needing it skip locally without TensorFlow and fail in CI."""
+    try:
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras as _keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        require(False, f"TensorFlow/Keras not importable ({exc}); install with pip install 'devinet[keras]'")
+    return _keras
+
+
+@pytest.fixture()
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(20171)
