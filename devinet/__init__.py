@@ -1,29 +1,43 @@
 """devinet: the CVSSP gated CRNN of DCASE 2017 Task 4 in PyTorch, numerically identical to the original.
 
-Light on purpose: importing devinet needs torch and numpy only (never TensorFlow).
+Light on purpose: importing devinet needs torch and numpy only (never TensorFlow), and the
+public names below load lazily, so ``devinet --help`` or ``devinet.errors`` do not even
+import torch.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .checkpoint import load, save  # noqa: E402
-from .config import PRESETS, DeviNetConfig, preset_config  # noqa: E402
-from .errors import ConfigError, DevinetError, FileFormatError, InputError  # noqa: E402
-from .layers import GatedBiGRU, GatedConvBlock, Keras2GRU, keras2_hard_sigmoid  # noqa: E402
-from .model import DeviNet  # noqa: E402
+_EXPORTS = {
+    "DeviNet": "model",
+    "DeviNetConfig": "config",
+    "PRESETS": "config",
+    "preset_config": "config",
+    "load": "checkpoint",
+    "save": "checkpoint",
+    "Keras2GRU": "layers",
+    "GatedBiGRU": "layers",
+    "GatedConvBlock": "layers",
+    "keras2_hard_sigmoid": "layers",
+    "DevinetError": "errors",
+    "ConfigError": "errors",
+    "InputError": "errors",
+    "FileFormatError": "errors",
+}
 
-__all__ = [
-    "DeviNet",
-    "DeviNetConfig",
-    "PRESETS",
-    "preset_config",
-    "load",
-    "save",
-    "Keras2GRU",
-    "GatedBiGRU",
-    "GatedConvBlock",
-    "keras2_hard_sigmoid",
-    "DevinetError",
-    "ConfigError",
-    "InputError",
-    "FileFormatError",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'devinet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -11,11 +11,13 @@ are batch-first (N, T, D).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .errors import ConfigError
 
@@ -129,6 +131,257 @@ class ConvBlock(nn.Module):
         return torch.relu(self.bn(self.conv(x)))
 
 
+# ---------------------------------------------------------------------------------------------
+# The Keras-2 GRU recurrence: all directions of one or more GRUs in one scan, hand-written backward.
+
+
+def _activate(name: str, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = activation(a)`` (``out`` may be ``a``); returns ``out``.
+
+    Same operations as :data:`ACTIVATIONS`, so the same rounding. ``keras2_hard_sigmoid``
+    also leaves ``0.2 a + 0.5`` in ``a``, which :func:`_slope` needs (so then ``out`` must not be ``a``).
+    """
+    if name == "keras2_hard_sigmoid":
+        return torch.clamp(a.mul_(0.2).add_(0.5), 0.0, 1.0, out=out)
+    if name == "linear":
+        return out if out is a else out.copy_(a)
+    if name == "relu":
+        return torch.clamp_min(a, 0.0, out=out)
+    return {"sigmoid": torch.sigmoid, "tanh": torch.tanh}[name](a, out=out)
+
+
+def _slope(name: str, value: torch.Tensor, pre: torch.Tensor) -> torch.Tensor | None:
+    """Derivative of activation ``name`` (None meaning 1) from what :func:`_activate_` kept.
+
+    It is the derivative autograd gives for :data:`ACTIVATIONS`, kinks included: torch.clamp
+    passes the gradient at its bounds, so ``keras2_hard_sigmoid`` has 0.2 wherever
+    ``0 <= 0.2 a + 0.5 <= 1`` (that is, where clipping left it unchanged); relu has 0 at 0.
+    """
+    if name == "linear":
+        return None
+    if name == "sigmoid":
+        return value * (1 - value)
+    if name == "tanh":
+        return 1 - value * value
+    if name == "relu":
+        return (value > 0).to(value.dtype)
+    if name == "keras2_hard_sigmoid":
+        return (pre == value).to(value.dtype).mul_(0.2)
+    raise ConfigError(f"no derivative known for activation {name!r}")
+
+
+@dataclass(frozen=True)
+class _ScanSpec:
+    """What a :class:`_Keras2GRUScan` computes: ``G`` GRUs of identical form, ``D = G * (1 or 2)`` directions.
+
+    Directions are ordered GRU by GRU, forward before backward within a bidirectional GRU
+    (for two bidirectional GRUs: g0 forward, g0 backward, g1 forward, g1 backward).
+    ``activations[g]`` is GRU g's candidate activation.
+    """
+
+    activations: tuple[str, ...]
+    recurrent_activation: str
+    reset_after: bool
+    bidirectional: bool
+
+    @property
+    def forward_dirs(self) -> slice:
+        return slice(0, None, 2 if self.bidirectional else 1)
+
+    @property
+    def backward_dirs(self) -> slice | None:
+        return slice(1, None, 2) if self.bidirectional else None
+
+    def activation_groups(self) -> list[tuple[str, slice]]:
+        """(candidate activation, direction slice), neighbouring GRUs of one activation merged."""
+        per_gru = 2 if self.bidirectional else 1
+        groups: list[tuple[str, slice]] = []
+        for g, name in enumerate(self.activations):
+            start = groups.pop()[1].start if groups and groups[-1][0] == name else g * per_gru
+            groups.append((name, slice(start, (g + 1) * per_gru)))
+        return groups
+
+
+def _add_step_input(dst: torch.Tensor, natural: torch.Tensor, s: int, cols: slice, spec: _ScanSpec) -> None:
+    """dst (D, N, C) += what scan step ``s`` reads of ``natural`` (N, T, D, C'): time s forward, T-1-s backward."""
+    fw, bw = spec.forward_dirs, spec.backward_dirs
+    dst[fw].add_(natural[:, s, fw, cols].transpose(0, 1))
+    if bw is not None:
+        dst[bw].add_(natural[:, natural.shape[1] - 1 - s, bw, cols].transpose(0, 1))
+
+
+def _put_step(natural: torch.Tensor, step: torch.Tensor, s: int, spec: _ScanSpec) -> None:
+    """Write scan step ``s`` (D, N, C) into a natural-time tensor (N, T, D, C)."""
+    fw, bw = spec.forward_dirs, spec.backward_dirs
+    natural[:, s, fw].copy_(step[fw].transpose(0, 1))
+    if bw is not None:
+        natural[:, natural.shape[1] - 1 - s, bw].copy_(step[bw].transpose(0, 1))
+
+
+def _scan_forward(xw: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None, h0: torch.Tensor,
+                  spec: _ScanSpec, save: bool):
+    """The recurrence; see :class:`_Keras2GRUScan` for the shapes.
+
+    Returns the output (N, T, D, H) and what the backward needs, in scan order (step s of a
+    backward direction is time T-1-s): the states ``hs`` (D, T+1, N, H), ``hs[:, 0] = h0``;
+    the gates ``rz`` (D, T, N, 2H) and what their activation left in ``pre`` (same shape);
+    the candidates ``n`` (D, T, N, H) (and ``n_pre``, what a hard-sigmoid candidate left); reset-before: ``rh = r * h`` (D, T, N, H); reset-after:
+    the recurrent projections ``hh`` (D, T, N, 3H). Without ``save`` they are one-step
+    scratch buffers, reused at every step.
+    """
+    N, T, D, _ = xw.shape
+    H = w_hh.shape[1]
+    steps = T if save else 1
+    new = xw.new_empty
+    out = new(N, T, D, H)
+    hs = new(D, T + 1 if save else 2, N, H)
+    hs[:, 0] = h0
+    pre, rz, n = new(D, steps, N, 2 * H), new(D, steps, N, 2 * H), new(D, steps, N, H)
+    rh = None if spec.reset_after else new(D, steps, N, H)
+    hh = new(D, steps, N, 3 * H) if spec.reset_after else None
+    n_pre = new(D, steps, N, H) if "keras2_hard_sigmoid" in spec.activations else None
+    w_rz, w_n = w_hh[..., : 2 * H].contiguous(), w_hh[..., 2 * H:].contiguous()
+    rz_cols, n_cols = slice(0, 2 * H), slice(2 * H, 3 * H)
+    for s in range(T):
+        i = s if save else 0
+        h, h_next = (hs[:, s], hs[:, s + 1]) if save else (hs[:, s % 2], hs[:, (s + 1) % 2])
+        if spec.reset_after:
+            # h~ = act(x W_n + b_in + r * (h U_n + b_hn)): one matmul for the three gates.
+            torch.baddbmm(b_hh, h, w_hh, out=hh[:, i])
+            a_rz = pre[:, i].copy_(hh[:, i, :, rz_cols])
+        else:
+            a_rz = torch.bmm(h, w_rz, out=pre[:, i])
+        _add_step_input(a_rz, xw, s, rz_cols, spec)
+        r, z = _activate(spec.recurrent_activation, a_rz, rz[:, i]).split(H, dim=-1)
+        if spec.reset_after:
+            a_n = torch.mul(r, hh[:, i, :, n_cols], out=n[:, i])
+        else:
+            # Keras 2.0.8: the reset gate scales h BEFORE the recurrent matmul of the candidate.
+            a_n = torch.bmm(torch.mul(r, h, out=rh[:, i]), w_n, out=n[:, i])
+        _add_step_input(a_n, xw, s, n_cols, spec)
+        for name, dirs in spec.activation_groups():
+            if name == "keras2_hard_sigmoid":  # keep its 0.2 a + 0.5 apart
+                _activate(name, n_pre[dirs, i].copy_(a_n[dirs]), a_n[dirs])
+            else:
+                _activate(name, a_n[dirs], a_n[dirs])
+        torch.addcmul(a_n, z, h - a_n, out=h_next)  # z h + (1 - z) h~
+        _put_step(out, h_next, s, spec)
+    return out, hs, pre, rz, n, n_pre, rh, hh
+
+
+class _Keras2GRUScan(torch.autograd.Function):
+    """The Keras-2 GRU recurrence over time for D directions at once, with a hand-written backward.
+
+    Inputs: ``xw`` (N, T, D, 3H) input projections ``x W_ih^T + b_ih`` of every time step in
+    natural time order (gates r, z, n); ``w_hh`` (D, H, 3H) recurrent kernels applied as
+    ``h @ w_hh``; ``b_hh`` (D, 1, 3H) or None (reset_after only); ``h0`` (D, N, H); a
+    :class:`_ScanSpec`. Output (N, T, D, H) in natural time order (a backward direction's
+    output t belongs to input frame t, as Keras' Bidirectional returns it).
+
+    All directions advance together (one batched matmul per step). The backward runs the
+    time loop in reverse on one step's small, cache-resident tensors, and forms the
+    recurrent-weight gradients with one matmul over all steps afterwards, instead of the
+    thousands of small autograd nodes a plain loop records.
+    """
+
+    @staticmethod
+    def forward(ctx, xw, w_hh, b_hh, h0, spec):
+        out, *saved = _scan_forward(xw, w_hh, b_hh, h0, spec, save=True)
+        ctx.spec = spec
+        ctx.has_b_hh = b_hh is not None
+        ctx.save_for_backward(w_hh)
+        ctx.intermediates = saved
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        spec: _ScanSpec = ctx.spec
+        (w_hh,) = ctx.saved_tensors
+        hs, pre, rz, n, n_pre, rh, hh = ctx.intermediates
+        D, T, N, H = n.shape
+        grad_out = grad_out.contiguous()
+        nonlinear = [(name, dirs) for name, dirs in spec.activation_groups() if name != "linear"]
+        d_xw = grad_out.new_empty(N, T, D, 3 * H)
+        # d(pre-activations) in scan order; reset-after also needs d(hh) = (d a_r, d a_z, r * d a_n).
+        d_a = grad_out.new_empty(D, T, N, 3 * H)
+        d_hh = grad_out.new_empty(D, T, N, 3 * H) if spec.reset_after else None
+        w_t = w_hh.transpose(1, 2).contiguous()  # (D, 3H, H)
+        w_rz_t, w_n_t = w_t[:, : 2 * H].contiguous(), w_t[:, 2 * H:].contiguous()
+        carry = grad_out.new_zeros(D, N, H)  # dL/dh from the later steps
+        for s in range(T - 1, -1, -1):
+            dh = carry
+            _add_step_input(dh, grad_out, s, slice(None), spec)
+            r, z = rz[:, s].split(H, dim=-1)
+            h, n_s, da = hs[:, s], n[:, s], d_a[:, s]
+            # h' = z h + (1 - z) h~, h~ = act(a_n)
+            da_n = torch.addcmul(dh, dh, z, value=-1, out=da[..., 2 * H:])
+            for name, dirs in nonlinear:
+                da_n[dirs].mul_(_slope(name, n_s[dirs], n_pre[dirs, s] if n_pre is not None else n_s[dirs]))
+            torch.mul(dh, h - n_s, out=da[..., H: 2 * H])
+            if spec.reset_after:
+                torch.mul(da_n, hh[:, s, :, 2 * H:], out=da[..., :H])
+            else:
+                d_rh = torch.bmm(da_n, w_n_t)
+                torch.mul(d_rh, h, out=da[..., :H])
+            slope = _slope(spec.recurrent_activation, rz[:, s], pre[:, s])
+            if slope is not None:
+                da[..., : 2 * H].mul_(slope)
+            if spec.reset_after:
+                dg = d_hh[:, s]
+                dg[..., : 2 * H].copy_(da[..., : 2 * H])
+                torch.mul(da_n, r, out=dg[..., 2 * H:])
+                carry = torch.baddbmm(dh * z, dg, w_t)
+            else:
+                carry = torch.addcmul(dh * z, d_rh, r).baddbmm_(da[..., : 2 * H], w_rz_t)
+            _put_step(d_xw, da, s, spec)
+
+        # Recurrent weights: one matmul over all (step, batch) rows per direction.
+        def rows_t(t: torch.Tensor) -> torch.Tensor:  # (D, T, N, C) -> (D, C, T*N)
+            return t.reshape(D, T * N, t.shape[-1]).transpose(1, 2)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(D, T * N, t.shape[-1])
+
+        if spec.reset_after:
+            d_w_hh = torch.bmm(rows_t(hs[:, :-1]), rows(d_hh))
+            d_b_hh = d_hh.sum(dim=(1, 2)).unsqueeze(1) if ctx.has_b_hh else None
+        else:
+            d_w_hh = torch.cat([torch.bmm(rows_t(hs[:, :-1]), rows(d_a[..., : 2 * H])),
+                                torch.bmm(rows_t(rh), rows(d_a[..., 2 * H:]))], dim=-1)
+            d_b_hh = None
+        return d_xw, d_w_hh, d_b_hh, carry, None
+
+
+def _keras2_gru_scan(xw: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None, h0: torch.Tensor,
+                     spec: _ScanSpec) -> torch.Tensor:
+    """Run the scan, recording the hand-written backward only when a gradient is wanted."""
+    tensors = (xw, w_hh, h0) + ((b_hh,) if b_hh is not None else ())
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _Keras2GRUScan.apply(xw, w_hh, b_hh, h0, spec)
+    return _scan_forward(xw, w_hh, b_hh, h0, spec, save=False)[0]
+
+
+def _run_keras2_grus(grus: tuple["Keras2GRU", ...], x: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """Every direction of several Keras2GRUs of one form (all but the candidate activation) in one scan.
+
+    The input projections of all directions and time steps are one matmul. x (N, T, I),
+    h0 (D, N, H) or None; returns (N, T, D, H), directions ordered as in :class:`_ScanSpec`.
+    """
+    first = grus[0]
+    spec = _ScanSpec(tuple(g.activation for g in grus), first.recurrent_activation, first.reset_after,
+                     first.bidirectional)
+    weights = [g._direction_weights(s) for g in grus for s in g._suffixes()]
+    N, T, _ = x.shape
+    D, H = len(weights), first.hidden_size
+    xw = F.linear(x, torch.cat([w[0] for w in weights]), torch.cat([w[2] for w in weights])).view(N, T, D, 3 * H)
+    w_hh = torch.stack([w[1].t() for w in weights])
+    b_hh = torch.stack([w[3] for w in weights]).unsqueeze(1) if first.reset_after else None
+    if h0 is None:
+        h0 = x.new_zeros(D, N, H)
+    return _keras2_gru_scan(xw, w_hh, b_hh, h0, spec)
+
+
 class Keras2GRU(nn.Module):
     """A GRU that computes exactly what Keras 2.0.8's ``GRU`` computed (and its reset-after form).
 
@@ -151,6 +404,10 @@ class Keras2GRU(nn.Module):
     The backward direction reads the sequence reversed and its outputs are re-reversed, as
     Keras' ``Bidirectional`` does with ``return_sequences=True``; directions are concatenated
     (forward first). Input (N, T, I) batch-first; output (N, T, D*H).
+
+    Otherwise the recurrence runs in :class:`_Keras2GRUScan`: the input projections of every
+    step and direction in one matmul, both directions advanced by one batched matmul per step,
+    and a hand-written backward through time.
     """
 
     def __init__(self, input_size: int, hidden_size: int, activation: str = "tanh",
@@ -163,8 +420,8 @@ class Keras2GRU(nn.Module):
         self.recurrent_activation = recurrent_activation
         self.reset_after = reset_after
         self.bidirectional = bidirectional
-        self._act = get_activation(activation)
-        self._rec_act = get_activation(recurrent_activation)
+        get_activation(activation)  # validate the names
+        get_activation(recurrent_activation)
         H = hidden_size
         for suffix in self._suffixes():
             self.register_parameter(f"weight_ih_l0{suffix}", nn.Parameter(torch.empty(3 * H, input_size)))
@@ -204,55 +461,21 @@ class Keras2GRU(nn.Module):
         return (getattr(self, f"weight_ih_l0{suffix}"), getattr(self, f"weight_hh_l0{suffix}"),
                 getattr(self, f"bias_ih_l0{suffix}"), b_hh)
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, T, I) -> (N, T, D*H); ``h0`` optional (D, N, H) initial state (zeros by default)."""
+    def _check(self, x: torch.Tensor, h0: torch.Tensor | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"Keras2GRU expects (batch, time, {self.input_size}), got {tuple(x.shape)}")
+        want = (self.num_directions, x.shape[0], self.hidden_size)
+        if h0 is not None and tuple(h0.shape) != want:
+            raise ValueError(f"Keras2GRU expects h0 of shape (directions, batch, hidden) = {want}, "
+                             f"got {tuple(h0.shape)}")
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, T, I) -> (N, T, D*H); ``h0`` optional (D, N, H) initial state (zeros by default)."""
+        self._check(x, h0)
         if self.uses_fused_kernel:
             return self._forward_fused(x, h0)
-        D, H = self.num_directions, self.hidden_size
         N, T, _ = x.shape
-        weights = [self._direction_weights(s) for s in self._suffixes()]
-        # Input projections of every time step and direction in one matmul: (D, N, T, 3H).
-        w_ih = torch.stack([w[0] for w in weights])
-        b_ih = torch.stack([w[2] for w in weights])
-        xw = torch.einsum("nti,dgi->dntg", x, w_ih) + b_ih[:, None, None, :]
-        if D == 2:
-            xw = torch.stack([xw[0], xw[1].flip(1)])
-        w_hh = torch.stack([w[1] for w in weights]).transpose(1, 2)  # (D, H, 3H)
-        b_hh = torch.stack([w[3] for w in weights])[:, None, :] if self.reset_after else None
-        h = x.new_zeros(D, N, H) if h0 is None else h0
-        outputs = self._scan(xw, w_hh, b_hh, h)  # (D, N, T, H)
-        if D == 2:
-            return torch.cat([outputs[0], outputs[1].flip(1)], dim=-1)
-        return outputs[0]
-
-    def _scan(self, xw: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
-              h: torch.Tensor) -> torch.Tensor:
-        """The recurrence over time for all directions at once; xw (D, N, T, 3H), h (D, N, H)."""
-        H = self.hidden_size
-        act, rec_act = self._act, self._rec_act
-        xr, xz, xn = xw.split(H, dim=-1)
-        outs = []
-        if self.reset_after:
-            for t in range(xw.shape[2]):
-                hh = torch.baddbmm(b_hh, h, w_hh)
-                hr, hz, hn = hh.split(H, dim=-1)
-                r = rec_act(xr[:, :, t] + hr)
-                z = rec_act(xz[:, :, t] + hz)
-                n = act(xn[:, :, t] + r * hn)
-                h = z * h + (1 - z) * n
-                outs.append(h)
-        else:
-            w_rz, w_n = w_hh[..., : 2 * H], w_hh[..., 2 * H:]
-            for t in range(xw.shape[2]):
-                hr, hz = torch.bmm(h, w_rz).split(H, dim=-1)
-                r = rec_act(xr[:, :, t] + hr)
-                z = rec_act(xz[:, :, t] + hz)
-                n = act(xn[:, :, t] + torch.bmm(r * h, w_n))
-                h = z * h + (1 - z) * n
-                outs.append(h)
-        return torch.stack(outs, dim=2)
+        return _run_keras2_grus((self,), x, h0).reshape(N, T, self.num_directions * self.hidden_size)
 
     def _forward_fused(self, x: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
         flat = [p for s in self._suffixes() for p in self._direction_weights(s)]
@@ -274,6 +497,9 @@ class GatedBiGRU(nn.Module):
     activation and one with a sigmoid; their (concatenated-direction) outputs are multiplied.
     With ``gated=False`` a single bidirectional GRU with ``activation`` is used instead.
     (N, T, I) -> (N, T, 2H).
+
+    The gated form runs the four directions (linear forward/backward, sigmoid forward/backward)
+    in one scan: one input-projection matmul and one batched recurrent matmul per step.
     """
 
     def __init__(self, input_size: int, hidden_size: int, gated: bool = True,
@@ -289,9 +515,12 @@ class GatedBiGRU(nn.Module):
             self.gru = Keras2GRU(input_size, hidden_size, activation=activation, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            return self.linear(x) * self.sigmoid(x)
-        return self.gru(x)
+        if not self.gated:
+            return self.gru(x)
+        self.linear._check(x, None)
+        N, T, _ = x.shape
+        out = _run_keras2_grus((self.linear, self.sigmoid), x, None)  # (N, T, 4, H)
+        return (out[:, :, :2] * out[:, :, 2:]).reshape(N, T, 2 * self.linear.hidden_size)
 
 
 class MeanPoolingHead(nn.Module):

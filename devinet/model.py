@@ -131,12 +131,12 @@ class DeviNet(nn.Module):
             raise InputError(f"DeviNet needs at least {c.min_input_frames} frames (its time pooling), got {x.shape[1]}")
         if not x.is_floating_point():
             raise InputError(f"DeviNet expects a floating-point tensor, got {x.dtype}")
-        dtype = self.head.frame.weight.dtype
+        dtype = self.gcnn[0].conv.weight.dtype
         if x.dtype != dtype:
             raise InputError(f"input dtype {x.dtype} does not match the model's {dtype} (convert one of them)")
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T, n_mels) log-mel -> (N, T_out, embedding_size) per-frame features before the head."""
+    def forward_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, n_mels) log-mel -> (N, T_out, C) output of the convolutional front end."""
         self._check_input(x)
         h = x.unsqueeze(1)
         pool_after = dict(zip(self._pool_after, self.pool))
@@ -147,7 +147,11 @@ class DeviNet(nn.Module):
         if self.final_conv is not None:
             h = self.final_conv(h)
         h = self.final_pool(h)
-        h = h.squeeze(-1).transpose(1, 2)  # (N, C, T_out, 1) -> (N, T_out, C)
+        return h.squeeze(-1).transpose(1, 2)  # (N, C, T_out, 1) -> (N, T_out, C)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, n_mels) log-mel -> (N, T_out, embedding_size) per-frame features before the head."""
+        h = self.forward_conv(x)
         for rnn in self.rnn:
             h = rnn(h)
         for dense in self.dense:

@@ -1,0 +1,615 @@
+"""Pack a split of DCASE 2017 Task 4 clips into one HDF5 file of log-mel features.
+
+Layout of the packed file (``FORMAT_VERSION`` 1), clips in metadata order:
+
+- ``features`` (N, 240, 64) float32: :func:`devinet.features.extract_logmel`, zero-padded or
+  truncated to 240 frames as the original packer did;
+- ``labels`` (N, 17) float32: multi-hot, official class order (all zero without metadata);
+- ``names`` (N,) utf-8: clip keys ``<youtube_id>_<start>_<end>``;
+- ``n_frames`` (N,) int32: frames before padding/truncation;
+- ``skipped/names``, ``skipped/kinds`` ("missing", "empty", "unreadable"), ``skipped/details``;
+- attributes ``format_version``, ``recipe`` (JSON), ``classes`` (JSON), ``has_labels``,
+  ``backend``, ``meta``, ``wav_dir``.
+
+The work runs in a pool of processes, one chunk of clips per task. Each finished chunk is
+written atomically into a work folder beside the output (``.<out>.work/``), so a run that is
+interrupted, even by SIGKILL, resumes where it stopped without redoing finished chunks; the
+output appears (atomically) only once every chunk is done, and the work folder is removed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import select
+import shutil
+import sys
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from devinet import features as F
+from devinet._io import atomic_path, atomic_write_json, check_destination
+from devinet.errors import DevinetError, FileFormatError, InputError
+
+from . import meta as M
+
+FORMAT_VERSION = 1
+BACKENDS = ("reference", "torch")
+SKIP_KINDS = ("missing", "empty", "unreadable")
+_CHUNK_NAME = re.compile(r"^chunk_(\d{6})\.npz$")
+
+
+class NothingPackedError(FileFormatError):
+    """Not one clip of the split could be packed."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A clip that is not in the packed file, and why."""
+
+    key: str
+    kind: str  # one of SKIP_KINDS
+    detail: str
+
+
+@dataclass
+class PackResult:
+    """What :func:`pack_split` did."""
+
+    path: Path
+    packed: int
+    skipped: list[Skipped]
+    reused_chunks: int
+    computed_chunks: int
+
+    def skipped_by_kind(self) -> dict[str, int]:
+        counts = {kind: 0 for kind in SKIP_KINDS}
+        for item in self.skipped:
+            counts[item.kind] += 1
+        return counts
+
+
+@dataclass
+class PackedSplit:
+    """A packed file read back whole (see the module docstring for the shapes)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    n_frames: np.ndarray
+    classes: tuple[str, ...]
+    has_labels: bool
+    recipe: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which clips, where their audio is, their labels
+
+
+def recipe(backend: str = "reference", resampler: str = "original") -> dict:
+    """The feature recipe a packed file was made with (stored in its ``recipe`` attribute)."""
+    return {
+        "sample_rate": F.SAMPLE_RATE, "n_fft": F.N_FFT, "hop": F.HOP, "window": "hamming (symmetric)",
+        "spectrogram": "scipy magnitude, fs=1 scaling", "n_mels": F.N_MELS, "fmin": F.FMIN, "fmax": F.FMAX,
+        "mel": "slaney (librosa.filters.mel defaults)", "log_offset": F.LOG_OFFSET, "frames": F.FRAMES,
+        "padding": "zeros at the end", "mono": "channel mean",
+        "resampler": resampler,
+        "backend": backend,
+    }
+
+
+def index_wav_folder(wav_dir: str | os.PathLike) -> dict[str, Path]:
+    """Clip key -> wav path of every ``*.wav`` directly in ``wav_dir``.
+
+    Names of the DCASE form (``Y<id>_<start>_<end>.wav`` or without the ``Y``) are keyed by
+    :func:`experiments.meta.clip_key`; other names by their stem. ``Y<key>.wav`` wins when
+    both spellings of a clip are present.
+    """
+    wav_dir = Path(wav_dir)
+    if not wav_dir.is_dir():
+        raise FileFormatError(wav_dir, "not a folder of wav files")
+    found: dict[str, Path] = {}
+    for entry in sorted(os.scandir(wav_dir), key=lambda e: e.name):
+        if not entry.name.lower().endswith(".wav") or entry.is_dir():
+            continue
+        try:
+            key = M.clip_key(entry.name)
+        except DevinetError:
+            key = entry.name[:-4]
+        if key not in found or entry.name == M.wav_name(key):
+            found[key] = Path(entry.path)
+    return found
+
+
+def _plan(wav_dir, meta_path) -> tuple[list[str], dict[str, Path], dict[str, np.ndarray] | None]:
+    """(clip keys in order, key -> wav path for the present ones, key -> multi-hot or None)."""
+    wavs = index_wav_folder(wav_dir)
+    if meta_path is None:
+        if not wavs:
+            raise FileFormatError(wav_dir, "no .wav files in this folder")
+        return sorted(wavs), wavs, None
+    labels: dict[str, np.ndarray] = {}
+    for key, names in M.read_clip_labels(meta_path).items():
+        try:
+            labels[key] = M.labels_to_multihot(names)
+        except InputError as exc:
+            raise FileFormatError(meta_path, f"clip {key}: {exc}") from None
+    return list(labels), {key: wavs[key] for key in labels if key in wavs}, labels
+
+
+def _chunks(keys: Sequence[str], chunk_size: int) -> list[list[str]]:
+    return [list(keys[start : start + chunk_size]) for start in range(0, len(keys), chunk_size)]
+
+
+# --------------------------------------------------------------------------------------------
+# Work done in the pool's processes (module-level functions: they are pickled by name)
+
+
+def _init_worker(packer_pid: int) -> None:
+    """One thread per worker (the pool already uses every core); exit with the packer."""
+    import torch
+
+    torch.set_num_threads(1)
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    threading.Thread(target=_exit_when_gone, args=(packer_pid,), daemon=True).start()
+
+
+def _exit_when_gone(pid: int) -> None:
+    """End this worker once the packing process has ended.
+
+    Pool workers hold both ends of their task queue, so they never see it close: a packer
+    killed with SIGKILL would leave them waiting forever.
+    """
+    if hasattr(os, "pidfd_open"):
+        with contextlib.suppress(OSError):
+            descriptor = os.pidfd_open(pid)
+            select.select([descriptor], [], [])  # readable once the process has exited
+            os._exit(1)
+    while True:  # no pidfd (not Linux, or an old kernel): poll
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # exists (another user's process would mean a reused pid: rare)
+            pass
+
+
+def _extract_chunk(index: int, clips: list[tuple[str, str | None]], resampler: str) -> tuple[int, dict]:
+    """Reference extraction of one chunk: features padded to 240 frames, and the skipped clips."""
+    done: list[tuple[str, np.ndarray]] = []
+    skipped: list[Skipped] = []
+    for key, path in clips:
+        if path is None:
+            skipped.append(Skipped(key, "missing", f"no {M.wav_name(key)} in the wav folder"))
+            continue
+        try:
+            done.append((key, F.extract_logmel(path, resampler=resampler)))
+        except F.AudioFileError as exc:
+            skipped.append(Skipped(key, exc.kind, exc.problem))
+    return index, _chunk_arrays(done, skipped)
+
+
+def _decode_chunk(index: int, clips: list[tuple[str, str | None]]) -> tuple[int, list, list[Skipped]]:
+    """Decoding only (torch backend): [(key, mono float32 waveform, rate)], skipped clips."""
+    decoded, skipped = [], []
+    for key, path in clips:
+        if path is None:
+            skipped.append(Skipped(key, "missing", f"no {M.wav_name(key)} in the wav folder"))
+            continue
+        try:
+            audio, rate = F.read_audio(path)
+        except F.AudioFileError as exc:
+            skipped.append(Skipped(key, exc.kind, exc.problem))
+            continue
+        decoded.append((key, audio.astype(np.float32), rate))
+    return index, decoded, skipped
+
+
+def _chunk_arrays(done: list[tuple[str, np.ndarray]], skipped: list[Skipped]) -> dict[str, np.ndarray]:
+    """The arrays of one chunk file (plain arrays only: read back with allow_pickle=False)."""
+    features = np.stack([F.pad_or_truncate(x) for _, x in done]) if done else np.zeros((0, F.FRAMES, F.N_MELS), np.float32)
+    return {
+        "names": np.array([key for key, _ in done], dtype=str).reshape(-1),
+        "features": features.astype(np.float32),
+        "n_frames": np.array([x.shape[0] for _, x in done], dtype=np.int32),
+        "skipped_names": np.array([s.key for s in skipped], dtype=str).reshape(-1),
+        "skipped_kinds": np.array([s.kind for s in skipped], dtype=str).reshape(-1),
+        "skipped_details": np.array([s.detail for s in skipped], dtype=str).reshape(-1),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The work folder: a manifest naming the job, one file per finished chunk
+
+
+class _WorkFolder:
+    """``.<out>.work/`` beside the output: ``lock``, ``manifest.json`` (the job) and chunk files."""
+
+    def __init__(self, out_path: Path, job: dict, force: bool):
+        self.path = out_path.parent / f".{out_path.name}.work"
+        self.job = job
+        self._lock = None
+        if self.path.exists() and not self.path.is_dir():
+            raise FileFormatError(self.path, "is not a folder (remove it)")
+        self.path.mkdir(exist_ok=True)
+        self._take_lock()
+        try:
+            self._adopt(force)
+            # Temporary files of atomic writes cut short by a kill (ours: we hold the lock).
+            for stale in [*self.path.glob(".*.tmp"), *out_path.parent.glob(f".{out_path.name}.*.h5")]:
+                stale.unlink(missing_ok=True)
+        except BaseException:
+            self.release()
+            raise
+
+    def _adopt(self, force: bool) -> None:
+        """Keep the chunks of an unfinished run of this same job; refuse (or with ``force``
+        discard) those of another job."""
+        manifest = self.path / "manifest.json"
+        if manifest.is_file():
+            try:
+                previous = json.loads(manifest.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                previous = None
+            if previous != self.job:
+                if not force:
+                    raise FileFormatError(self.path, "holds an unfinished run of a different job (other clips, "
+                                                     "recipe or chunk size); remove it or use --force to discard it")
+                for entry in self.path.iterdir():
+                    if entry.name != "lock":
+                        entry.unlink()
+        atomic_write_json(manifest, self.job)
+
+    def _take_lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no protection against two concurrent runs
+            return
+        self._lock = open(self.path / "lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise FileFormatError(self.path, "another devinet features run is writing this output") from None
+
+    def chunk_path(self, index: int) -> Path:
+        return self.path / f"chunk_{index:06d}.npz"
+
+    def finished(self, chunks: list[list[str]]) -> set[int]:
+        """Indices of chunks already on disk and whole (names match the plan); others are removed."""
+        done = set()
+        for entry in self.path.iterdir():
+            match = _CHUNK_NAME.match(entry.name)
+            if not match:
+                continue
+            index = int(match.group(1))
+            try:
+                with np.load(entry, allow_pickle=False) as arrays:  # reads only these two members
+                    names = [*arrays["names"].tolist(), *arrays["skipped_names"].tolist()]
+                whole = index < len(chunks) and sorted(names) == sorted(chunks[index])
+            except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+                whole = False
+            if whole:
+                done.add(index)
+            else:
+                entry.unlink()
+        return done
+
+    def write_chunk(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        with atomic_path(self.chunk_path(index), suffix=".tmp") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+    def read_chunk(self, index: int) -> dict[str, np.ndarray]:
+        with np.load(self.chunk_path(index), allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+
+    def remove(self) -> None:
+        """Delete the folder (the job is done)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+# --------------------------------------------------------------------------------------------
+# Packing
+
+
+def pack_split(
+    wav_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    meta_path: str | os.PathLike | None = None,
+    *,
+    jobs: int | None = None,
+    chunk_size: int = 32,
+    backend: str = "reference",
+    resampler: str = "original",
+    device: str = "cpu",
+    force: bool = False,
+    progress: bool = True,
+) -> PackResult:
+    """Extract and pack every clip of a split into one HDF5 file (see the module docstring).
+
+    Args:
+        wav_dir: folder of wav clips (``Y<id>_<start>_<end>.wav``).
+        out_path: the HDF5 file to create.
+        meta_path: a clip list (training_set.csv, testing_set.csv) or a weak-label file; None
+            packs every wav of the folder without labels.
+        jobs: worker processes (default: :func:`default_jobs`, the usable cores).
+        chunk_size: clips per task and per resumable unit of work.
+        backend: "reference" (:func:`extract_logmel` in the workers) or "torch" (workers decode,
+            :func:`extract_logmel_batch` runs on ``device`` in this process).
+        resampler: resampler of the reference backend ("original" or "soxr_hq").
+        device: torch device of the torch backend.
+        force: overwrite an existing output and discard an unfinished run of another job.
+        progress: show a tqdm progress bar.
+
+    Missing, empty and unreadable clips are skipped and listed, never fatal. A run cut short
+    resumes when called again with the same arguments.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if resampler not in F.RESAMPLERS:
+        raise InputError(f"unknown resampler {resampler!r}; expected one of {', '.join(F.RESAMPLERS)}")
+    if backend == "torch" and resampler != "original":
+        raise InputError("the torch backend implements the original resampler only")
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise InputError(f"jobs must be >= 1, got {jobs}")
+    out_path = check_destination(out_path, force)
+    h5py = _h5py()
+    keys, paths, labels = _plan(wav_dir, meta_path)
+    chunks = _chunks(keys, chunk_size)
+    this_recipe = recipe(backend, resampler)
+    job = {
+        "format_version": FORMAT_VERSION,
+        "clips": hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest(),
+        "n_clips": len(keys), "chunk_size": chunk_size, "recipe": this_recipe,
+    }
+    work = _WorkFolder(out_path, job, force)
+    try:
+        finished = work.finished(chunks)
+        pending = [i for i in range(len(chunks)) if i not in finished]
+        tasks = {i: [(key, str(paths[key]) if key in paths else None) for key in chunks[i]] for i in pending}
+        with _progress_bar(len(keys), sum(len(chunks[i]) for i in finished), progress) as bar:
+            if backend == "reference":
+                _run_reference(tasks, work, resampler, jobs, bar)
+            else:
+                _run_torch(tasks, work, device, jobs, bar)
+        result = _assemble(h5py, work, chunks, out_path, labels, this_recipe, wav_dir, meta_path)
+    except NothingPackedError:
+        work.remove()  # its chunks only say that every clip failed: nothing worth resuming
+        raise
+    except BaseException:
+        work.release()
+        raise
+    work.remove()
+    return PackResult(out_path, result[0], result[1], len(finished), len(pending))
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        from devinet.errors import MissingDependencyError
+
+        raise MissingDependencyError("h5py", "features") from None
+    return h5py
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="clip", desc="log-mel", disable=not enabled, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def default_jobs() -> int:
+    """Worker processes by default: the cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+class _InProcess(concurrent.futures.Executor):
+    """``jobs=1``: the same code path without worker processes (debuggers, small folders)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # handed to the caller by future.result(), as a pool would
+            future.set_exception(exc)
+        return future
+
+
+def _pool(workers: int) -> concurrent.futures.Executor:
+    if workers == 1:
+        return _InProcess()
+    if sys.platform.startswith("linux"):
+        # forkserver: workers fork from a clean server that imported the extraction stack once
+        # (fast start, and no fork of a process that holds torch or BLAS threads).
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__, "scipy.signal", "soundfile", "librosa"])
+    else:
+        context = multiprocessing.get_context("spawn")
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                                  initargs=(os.getpid(),))
+
+
+def _bounded(pool, submit, items: list, window: int) -> Iterator:
+    """Results of ``submit(pool, item)`` as they complete, with at most ``window`` in flight."""
+    queue = list(items)
+    running: set = set()
+    try:
+        while queue or running:
+            while queue and len(running) < window:
+                running.add(submit(pool, queue.pop(0)))
+            finished, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
+    finally:
+        for future in running:
+            future.cancel()
+
+
+def _run_reference(tasks: dict, work: _WorkFolder, resampler: str, jobs: int, bar) -> None:
+    if not tasks:
+        return
+    with _pool(jobs) as pool:
+        window = 2 * jobs
+        submit = lambda p, i: p.submit(_extract_chunk, i, tasks[i], resampler)  # noqa: E731
+        for index, arrays in _bounded(pool, submit, sorted(tasks), window):
+            work.write_chunk(index, arrays)
+            bar.update(len(tasks[index]))
+
+
+def _run_torch(tasks: dict, work: _WorkFolder, device: str, jobs: int, bar) -> None:
+    if not tasks:
+        return
+    with _pool(jobs) as pool:
+        window = jobs + 2  # decoded waveforms wait in memory: keep few in flight
+        submit = lambda p, i: p.submit(_decode_chunk, i, tasks[i])  # noqa: E731
+        for index, decoded, skipped in _bounded(pool, submit, sorted(tasks), window):
+            logmels = F.extract_logmel_batch([w for _, w, _ in decoded], [r for _, _, r in decoded], device=device)
+            work.write_chunk(index, _chunk_arrays([(key, x) for (key, _, _), x in zip(decoded, logmels)], skipped))
+            bar.update(len(tasks[index]))
+
+
+def _assemble(h5py, work: _WorkFolder, chunks, out_path: Path, labels, this_recipe, wav_dir, meta_path):
+    """Write the HDF5 file from the chunk files, in plan order, atomically."""
+    names: list[str] = []
+    n_frames: list[np.ndarray] = []
+    skipped: list[Skipped] = []
+    for index in range(len(chunks)):
+        arrays = work.read_chunk(index)
+        names += [str(name) for name in arrays["names"]]
+        n_frames.append(arrays["n_frames"])
+        skipped += [Skipped(str(k), str(c), str(d)) for k, c, d in
+                    zip(arrays["skipped_names"], arrays["skipped_kinds"], arrays["skipped_details"])]
+    if not names:
+        counts = ", ".join(f"{sum(s.kind == kind for s in skipped)} {kind}" for kind in SKIP_KINDS)
+        raise NothingPackedError(wav_dir, f"none of the {len(skipped)} clips could be packed ({counts})")
+    order = {key: position for position, key in enumerate(k for chunk in chunks for k in chunk)}
+    skipped.sort(key=lambda s: order[s.key])
+    string = h5py.string_dtype("utf-8")
+    with atomic_path(out_path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as h5:
+            features = h5.create_dataset("features", shape=(len(names), F.FRAMES, F.N_MELS), dtype="float32")
+            row = 0
+            for index in range(len(chunks)):
+                block = work.read_chunk(index)["features"]
+                features[row : row + block.shape[0]] = block
+                row += block.shape[0]
+            target = np.stack([labels[name] for name in names]) if labels is not None else \
+                np.zeros((len(names), len(M.CLASSES)), np.float32)
+            h5.create_dataset("labels", data=target.astype(np.float32))
+            h5.create_dataset("names", data=names, dtype=string)
+            h5.create_dataset("n_frames", data=np.concatenate(n_frames).astype(np.int32))
+            group = h5.create_group("skipped")
+            group.create_dataset("names", data=[s.key for s in skipped], dtype=string)
+            group.create_dataset("kinds", data=[s.kind for s in skipped], dtype=string)
+            group.create_dataset("details", data=[s.detail for s in skipped], dtype=string)
+            h5.attrs["format_version"] = FORMAT_VERSION
+            h5.attrs["recipe"] = json.dumps(this_recipe)
+            h5.attrs["classes"] = json.dumps(list(M.CLASSES))
+            h5.attrs["has_labels"] = labels is not None
+            h5.attrs["backend"] = this_recipe["backend"]
+            h5.attrs["meta"] = "" if meta_path is None else str(Path(meta_path).resolve())
+            h5.attrs["wav_dir"] = str(Path(wav_dir).resolve())
+    return len(names), skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Reading packed files back
+
+
+def _open_packed(path: str | os.PathLike):
+    h5py = _h5py()
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(path, "no such packed features file")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise FileFormatError(path, f"not an HDF5 file ({exc})") from None
+    missing = [name for name in ("features", "labels", "names", "n_frames") if name not in h5]
+    if missing or h5.attrs.get("format_version") != FORMAT_VERSION:
+        h5.close()
+        raise FileFormatError(path, f"not a devinet packed features file (format {FORMAT_VERSION}); "
+                                    f"missing {', '.join(missing) or 'format_version'}")
+    return h5
+
+
+def load_packed(path: str | os.PathLike) -> PackedSplit:
+    """Read a whole packed file into memory."""
+    with _open_packed(path) as h5:
+        return PackedSplit(
+            features=h5["features"][()],
+            labels=h5["labels"][()],
+            names=list(h5["names"].asstr()[()]),
+            n_frames=h5["n_frames"][()],
+            classes=tuple(json.loads(h5.attrs["classes"])),
+            has_labels=bool(h5.attrs["has_labels"]),
+            recipe=json.loads(h5.attrs["recipe"]),
+        )
+
+
+def read_skipped(path: str | os.PathLike) -> list[Skipped]:
+    """The clips a packed file does not hold, with the reason."""
+    with _open_packed(path) as h5:
+        group = h5["skipped"]
+        return [Skipped(k, c, d) for k, c, d in
+                zip(group["names"].asstr()[()], group["kinds"].asstr()[()], group["details"].asstr()[()])]
+
+
+def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, clips_per_read: int = 512) -> F.Scaler:
+    """Per mel bin mean/std of a packed (training) split, streamed from the file.
+
+    By default every one of the 240 frames counts, zero padding included, as the original
+    ``calculate_scaler`` did on its packed file; ``valid_frames_only`` uses only each clip's
+    real frames.
+    """
+    with _open_packed(h5path) as h5:
+        features, n_frames = h5["features"], h5["n_frames"][()]
+
+        def batches():
+            for start in range(0, features.shape[0], clips_per_read):
+                block = features[start : start + clips_per_read]
+                if valid_frames_only:
+                    keep = np.arange(F.FRAMES)[None, :] < n_frames[start : start + clips_per_read, None]
+                    block = block[keep]
+                yield block
+
+        return F.Scaler.fit(batches())
+
+
+__all__ = [
+    "FORMAT_VERSION", "BACKENDS", "SKIP_KINDS", "NothingPackedError", "Skipped", "PackResult", "PackedSplit",
+    "recipe", "default_jobs", "index_wav_folder", "pack_split", "load_packed", "read_skipped", "fit_scaler",
+]

@@ -1,0 +1,85 @@
+"""Reproduce the paper's weak-label experiments end to end: data, features, training, evaluation, report.
+
+``devinet reproduce --quick --out DIR`` generates the built-in synthetic stand-in for DCASE
+2017 Task 4, packs its log-mel features, trains the paper's systems (CRNN baseline, gated
+CRNN with mean pooling, gated CRNN with attention) with the original recipe, fuses them,
+scores them with the official metrics on the testing split and writes ``results.json``,
+``results.md`` (ours beside the paper's reported figures) and figures under ``DIR``.
+``--data-root`` runs the same experiment on the real DCASE 2017 Task 4 audio.
+
+Every stage resumes: run the same command again after an interruption and it continues
+where it stopped (data and features are checked and reused, training continues after its
+last checkpoint). Bulky intermediate files (audio, features, checkpoints, probabilities)
+live in the work folder (``--work-dir``, default ``DIR/work``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="the quick size (same as --size quick): about 20 minutes on 2 CPU cores")
+    parser.add_argument("--size", choices=("tiny", "quick", "full"), default=None,
+                        help="experiment size (default: full, the original recipe); sizes are "
+                             "experiments/configs/<size>.yaml")
+    parser.add_argument("--config", metavar="YAML", default=None,
+                        help="a size config file of your own instead of --size (same schema)")
+    parser.add_argument("--data-root", metavar="DIR", default=None,
+                        help="the real DCASE 2017 Task 4 data: a folder with the training and testing wav "
+                             "clips (audio/train and audio/test, or training/testing) and meta/ "
+                             "(default: generate the synthetic stand-in)")
+    parser.add_argument("--meta-dir", metavar="DIR", default=None,
+                        help="folder of the official metadata (training_set.csv, testing_set.csv, "
+                             "groundtruth_{weak,strong}_label_testing_set.csv); default DATA_ROOT/meta")
+    parser.add_argument("--train-audio", metavar="DIR", default=None, help="folder of the training wavs (with --data-root)")
+    parser.add_argument("--test-audio", metavar="DIR", default=None, help="folder of the testing wavs (with --data-root)")
+    parser.add_argument("--out", metavar="DIR", required=True, help="results folder (results.json, results.md, figures/)")
+    parser.add_argument("--work-dir", metavar="DIR", default=None,
+                        help="folder for audio, features, checkpoints and probabilities (default OUT/work)")
+    parser.add_argument("--systems", nargs="+", metavar="NAME", default=None,
+                        help="systems to run (crnn_baseline, gated_crnn_mean, gated_crnn_attention, fusion; "
+                             "default all; a fusion brings its members)")
+    parser.add_argument("--seed", type=int, default=2017, help="seed of the synthetic data and of training (default 2017)")
+    parser.add_argument("--jobs", type=int, default=None, help="processes for data generation and features (default: all cores)")
+    parser.add_argument("--device", default="cpu", help="torch device for training and prediction (default cpu)")
+    parser.add_argument("--no-deterministic", dest="deterministic", action="store_false",
+                        help="allow non-deterministic torch algorithms (faster on some GPUs)")
+    parser.add_argument("--force", action="store_true",
+                        help="discard earlier training runs and results in the work folder and train again "
+                             "(generated data and packed features are deterministic and kept); without it a "
+                             "run resumes")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from experiments.pipeline import Options, reproduce
+
+    options = Options.from_args(args, command=command_line(args))
+    results = reproduce(options)
+    print(f"results: {os.path.join(options.out, 'results.md')}")
+    for name, system in results["systems"].items():
+        print(f"  {name:<22} AT micro F1 {system['at']['f1']:.3f}   "
+              f"SED segment ER {system['sed']['error_rate']:.3f}  F1 {system['sed']['f1']:.3f}")
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command in its canonical form (every option that was given or differs from its default)."""
+    parts = ["devinet", "reproduce"]
+    if args.quick:
+        parts.append("--quick")
+    elif args.size:
+        parts += ["--size", args.size]
+    flags = [("--config", args.config), ("--data-root", args.data_root), ("--meta-dir", args.meta_dir),
+             ("--train-audio", args.train_audio), ("--test-audio", args.test_audio), ("--out", args.out),
+             ("--work-dir", args.work_dir), ("--jobs", args.jobs), ("--device", None if args.device == "cpu" else args.device)]
+    parts += [f"{flag} {value}" for flag, value in flags if value is not None]
+    if args.systems:
+        parts += ["--systems", *args.systems]
+    if args.seed != 2017:
+        parts += ["--seed", str(args.seed)]
+    parts += [flag for flag, on in (("--no-deterministic", not args.deterministic), ("--force", args.force)) if on]
+    return " ".join(parts)

@@ -1,0 +1,308 @@
+"""Keras 3 files: ``.keras`` archives and ``.weights.h5`` files.
+
+Reading needs h5py only (no TensorFlow) and runs no code: ``config.json`` is parsed as plain
+JSON and the weights are read from ``model.weights.h5``. Keras 3 does not key those files by
+layer name: each layer is a group named after its class (``layers/conv2d_3``) whose ``vars``
+group carries the layer's name in its ``name`` attribute, variables are ``vars/0``,
+``vars/1``, ... in the layer's variable order, and wrapped layers sit below their wrapper
+(``layers/bidirectional/forward_layer/cell/vars/0``, ``layers/time_distributed/layer/vars/0``).
+
+Writing builds the model with :mod:`keras_reference` (imported lazily, so TensorFlow is only
+needed for writing and for running Keras) and lets Keras save it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from devinet.config import DeviNetConfig, preset_config
+from devinet.errors import ConfigError, FileFormatError, MissingDependencyError
+
+from .topology import KerasFile, KerasLayer, canonical_sort_key, normalise_weight_name
+
+#: a Keras 3 class -> names of its variables in creation order (BatchNormalization: see _var_names)
+_VARS = {
+    "Conv2D": ("kernel", "bias"),
+    "Dense": ("kernel", "bias"),
+    "GRUCell": ("kernel", "recurrent_kernel", "bias"),
+}
+
+#: class of a layer group in a weights file without config, from its snake-cased group name
+_CLASS_OF_GROUP = {
+    "conv2d": "Conv2D", "batch_normalization": "BatchNormalization", "dense": "Dense",
+    "time_distributed": "TimeDistributed", "bidirectional": "Bidirectional", "gru": "GRU",
+    "input_layer": "InputLayer", "reshape": "Reshape", "max_pooling2d": "MaxPooling2D",
+    "multiply": "Multiply", "activation": "Activation",
+}
+
+#: largest member of a .keras archive we agree to inflate (the models here are a few MB)
+MAX_MEMBER_BYTES = 2 ** 31
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise MissingDependencyError("h5py (needed for Keras files)", "keras") from None
+    return h5py
+
+
+# ----------------------------------------------------------------------------- reading
+def read_keras3(path: str | os.PathLike) -> KerasFile:
+    """Read a ``.keras`` archive or a ``.weights.h5`` file into a :class:`KerasFile`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(path, "no such file")
+    h5py = _h5py()
+    if path.name.endswith(".weights.h5"):
+        try:
+            handle = h5py.File(path, "r")
+        except OSError as exc:
+            raise FileFormatError(path, f"not an HDF5 file ({exc})") from None
+        with handle:
+            return _from_weights(path, handle, None, "keras3-weights")
+    config = _read_archive_config(path)
+    with zipfile.ZipFile(path) as archive:
+        data = _member(path, archive, "model.weights.h5")
+    with h5py.File(io.BytesIO(data), "r") as handle:
+        return _from_weights(path, handle, config, "keras3")
+
+
+def _member(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise FileFormatError(path, f"not a .keras archive: no {name}") from None
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise FileFormatError(path, f"{name} is implausibly large ({info.file_size} bytes)")
+    return archive.read(name)
+
+
+def _read_archive_config(path: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(_member(path, archive, "config.json"))
+    except zipfile.BadZipFile:
+        raise FileFormatError(path, "not a .keras archive (not a zip file)") from None
+    except ValueError as exc:
+        raise FileFormatError(path, f"unreadable config.json ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise FileFormatError(path, "config.json does not describe a model")
+    return config
+
+
+def _group_names(handle) -> dict[str, str]:
+    """Layer name (``vars`` attribute) -> group path under ``layers/``."""
+    out = {}
+    for group_name in handle["layers"]:
+        vars_group = handle["layers"][group_name].get("vars")
+        name = vars_group.attrs.get("name") if vars_group is not None else None
+        out[_decode(name) if name is not None else group_name] = f"layers/{group_name}"
+    return out
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+def _from_weights(path: Path, handle, config: dict | None, kind: str) -> KerasFile:
+    if "layers" not in handle:
+        raise FileFormatError(path, "not a Keras 3 weights file (no 'layers' group)")
+    groups = _group_names(handle)
+    if config is not None:
+        entries = [(entry["class_name"], entry.get("config", {})) for entry in config["config"].get("layers", [])]
+        specs = [(cfg.get("name"), cls, cfg) for cls, cfg in entries]
+    else:
+        specs = sorted(((name, _CLASS_OF_GROUP.get(re.sub(r"_\d+$", "", g.rpartition("/")[2])), None)
+                        for name, g in groups.items()), key=lambda s: canonical_sort_key(s[0]))
+    layers, input_shape = [], None
+    for name, cls, cfg in specs:
+        if name not in groups:
+            raise FileFormatError(path, f"layer {name!r} has no weights group")
+        weights, origins = _layer_weights(path, handle[groups[name]], groups[name], cls, cfg)
+        layers.append(KerasLayer(name=name, class_name=cls, weights=weights, origins=origins, config=cfg))
+        if cls == "InputLayer" and cfg and cfg.get("batch_shape"):
+            input_shape = tuple(cfg["batch_shape"][1:])
+    return KerasFile(path=path, kind=kind, layers=layers, backend=None, keras_version=_version(path, config),
+                     has_config=config is not None, input_shape=input_shape)
+
+
+def _version(path: Path, config: dict | None) -> str:
+    if config is None:
+        return ""
+    with contextlib.suppress(KeyError, ValueError, zipfile.BadZipFile):
+        with zipfile.ZipFile(path) as archive:
+            return str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
+    return ""
+
+
+def _layer_weights(path: Path, group, group_path: str, cls: str | None,
+                   cfg: dict | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    weights: dict[str, np.ndarray] = {}
+    origins: dict[str, str] = {}
+
+    def take(vars_path: str, var_class: str | None, var_cfg: dict | None, prefix: str = "") -> None:
+        arrays = _vars(group, vars_path)
+        names = _var_names(var_class, var_cfg, len(arrays))
+        if names is None:
+            names = [f"vars/{i}" for i in range(len(arrays))]  # unknown: left for the completeness check
+        for i, (short, array) in enumerate(zip(names, arrays)):
+            weights[prefix + short] = array
+            origins[prefix + short] = f"{group_path}/{vars_path}/{i}"
+
+    if cls == "Bidirectional":
+        for direction in ("forward", "backward"):
+            take(f"{direction}_layer/cell/vars", "GRUCell", None, prefix=f"{direction}/")
+    elif cls == "GRU":
+        take("cell/vars", "GRUCell", None)
+    elif cls == "TimeDistributed":
+        inner = (cfg or {}).get("layer", {})
+        take("layer/vars", inner.get("class_name", "Dense"), inner.get("config"))
+    else:
+        take("vars", cls, cfg)
+    return weights, origins
+
+
+def _vars(group, vars_path: str) -> list[np.ndarray]:
+    if vars_path not in group:
+        return []
+    vars_group = group[vars_path]
+    count = len([k for k in vars_group if k.isdigit()])
+    return [np.asarray(vars_group[str(i)][()]) for i in range(count)]
+
+
+def _var_names(cls: str | None, cfg: dict | None, count: int) -> list[str] | None:
+    if count == 0:
+        return []
+    if cls == "BatchNormalization":
+        scale = (cfg or {}).get("scale", True)
+        center = (cfg or {}).get("center", True)
+        names = (["gamma"] if scale else []) + (["beta"] if center else []) + ["moving_mean", "moving_variance"]
+        return names if len(names) == count else None
+    names = _VARS.get(cls or "")
+    return list(names[:count]) if names and count <= len(names) else None
+
+
+# ----------------------------------------------------------------------------- Keras models
+def _keras_reference():
+    try:
+        import keras_reference
+    except ImportError as exc:
+        raise MissingDependencyError(f"TensorFlow/Keras ({exc})", "keras") from None
+    return keras_reference
+
+
+@contextlib.contextmanager
+def floatx(dtype: str) -> Iterator[None]:
+    """Build Keras layers in ``dtype`` ('float32' or 'float64') inside the block.
+
+    Both settings are needed: Keras caches its global dtype policy on first use, after
+    which ``set_floatx`` alone no longer changes the dtype of new layers.
+    """
+    import keras
+
+    previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        keras.config.set_floatx(previous_floatx)
+
+
+def reference_config(preset: str, config: DeviNetConfig) -> DeviNetConfig:
+    """The devinet config that ``keras_reference.build(preset, ...)`` computes, for ``config``'s sizes."""
+    return preset_config(preset, blocks=config.num_blocks, num_classes=config.num_classes, n_mels=config.n_mels,
+                         attention_eps=config.attention_eps)
+
+
+def check_reference_buildable(preset: str, config: DeviNetConfig) -> None:
+    """Refuse a devinet config that the Keras reference cannot express (it builds the published presets)."""
+    try:
+        expected = reference_config(preset, config)
+    except ConfigError as exc:
+        raise ConfigError(f"the Keras reference cannot build this model: {exc}") from None
+    mine, theirs = config.to_dict(), expected.to_dict()
+    diffs = [f"{k}={mine[k]!r} (preset: {theirs[k]!r})" for k in mine if k != "name" and mine[k] != theirs[k]]
+    if diffs:
+        raise ConfigError(f"the Keras reference builds {preset} as published; this model differs: {', '.join(diffs)}")
+
+
+def build_keras_model(preset: str, config: DeviNetConfig, weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                      dtype: str = "float32"):
+    """``keras_reference.build`` for ``config`` in ``dtype``, with ``weights`` (canonical layer ->
+    normalised weight name -> array) assigned when given. Every variable must be given exactly once."""
+    kr = _keras_reference()
+    check_reference_buildable(preset, config)
+    with floatx(dtype):
+        model = kr.build(preset, blocks=config.num_blocks, num_classes=config.num_classes, n_mels=config.n_mels,
+                         attention_eps=config.attention_eps)
+    if weights is not None:
+        assign_keras_weights(model, weights)
+    return model
+
+
+def keras_variables(model) -> dict[tuple[str, str], Any]:
+    """(layer name, normalised weight name) -> variable, for every variable of a Keras 3 model."""
+    out = {}
+    for layer in model.layers:
+        for variable in layer.weights:
+            out[(layer.name, normalise_weight_name(variable.path.partition("/")[2] or variable.path))] = variable
+    return out
+
+
+def assign_keras_weights(model, weights: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Set every variable of ``model`` from ``weights``; one error lists missing, extra and misshaped ones."""
+    variables = keras_variables(model)
+    given = {(layer, name): a for layer, arrays in weights.items() for name, a in arrays.items()}
+    problems = [f"Keras variable {l}/{w} {tuple(v.shape)} not given" for (l, w), v in variables.items()
+                if (l, w) not in given]
+    problems += [f"{l}/{w} has no Keras variable" for (l, w) in given if (l, w) not in variables]
+    for key, variable in variables.items():
+        if key in given and tuple(given[key].shape) != tuple(variable.shape):
+            problems.append(f"{key[0]}/{key[1]}: shape {tuple(given[key].shape)}, Keras expects {tuple(variable.shape)}")
+    if problems:
+        from .mapping import ConversionError
+
+        raise ConversionError(model.name, problems)
+    for key, variable in variables.items():
+        variable.assign(np.asarray(given[key], dtype=variable.dtype))
+
+
+def load_keras_model(path: str | os.PathLike, preset: str | None = None, config: DeviNetConfig | None = None):
+    """Load a Keras 3 file for running: ``.keras`` with Keras itself in safe mode; ``.weights.h5``
+    into ``keras_reference.build(preset)`` (``preset`` and ``config`` needed then)."""
+    import keras
+
+    _keras_reference()  # registers the reference's custom layers for safe-mode loading
+    path = Path(path)
+    if path.name.endswith(".weights.h5"):
+        if preset is None or config is None:
+            raise ConfigError(f"{path}: a weights file needs the preset to build its model")
+        model = build_keras_model(preset, config)
+        model.load_weights(path)
+        return model
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def write_keras3(path: str | os.PathLike, preset: str, config: DeviNetConfig,
+                 weights: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Save a Keras 3 model holding ``weights``: ``.keras`` (architecture + weights) or ``.weights.h5``.
+
+    ``path`` must carry the right suffix (Keras insists); callers write to a temporary path.
+    """
+    model = build_keras_model(preset, config, weights)
+    if str(path).endswith(".weights.h5"):
+        model.save_weights(path)
+    else:
+        model.save(path)
