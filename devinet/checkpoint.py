@@ -53,13 +53,23 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         raise FileFormatError(path, "is a directory, not a devinet checkpoint")
     try:
+        size, is_zip = path.stat().st_size, zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise FileFormatError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise FileFormatError(path, "empty file (0 bytes), not a devinet checkpoint")
+    if not is_zip:  # devinet writes torch's zip format only; older pickle files are never unpickled
+        raise FileFormatError(path, "not a devinet checkpoint (not a torch zip archive: truncated, "
+                                    "damaged or another kind of file)")
+    try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise FileFormatError(path, f"refused to load: not plain data ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(path, f"not a readable devinet checkpoint ({first})") from None
+        raise FileFormatError(path, f"refused to load: it holds more than plain data ({_unpickling_detail(exc)}); "
+                                    "devinet never runs code from a file") from None
+    except OSError as exc:
+        raise FileFormatError(path, f"cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises on a foreign or damaged file
+        raise FileFormatError(path, f"not a readable devinet checkpoint ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FileFormatError(path, "not a devinet checkpoint (missing format marker)")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -70,21 +80,46 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message (or its type), at most ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load the file unsafely."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line.startswith(("Trying to load unsupported", "Unsupported", "WeightsUnpickler error: ")) and \
+                line != "WeightsUnpickler error:":
+            return _first_line(Exception(line.removeprefix("WeightsUnpickler error: ")))
+    return "not a torch weights file"
+
+
 def load(path: str | os.PathLike, allow_nonfinite: bool = False) -> DeviNet:
     """Load a devinet checkpoint into a :class:`DeviNet` in eval mode.
 
     Every weight of the model must be present with the right shape and no other may be;
-    NaN or infinite weights are refused unless ``allow_nonfinite``.
+    NaN or infinite weights are refused unless ``allow_nonfinite``. The weights are checked
+    against the config's shapes before any model memory is allocated, so a config that
+    describes a huge model cannot exhaust memory.
     """
     payload = read(path)
     try:
         config = DeviNetConfig.from_dict(payload["config"])
-    except DevinetError as exc:
-        raise FileFormatError(path, f"bad model config: {exc}") from None
-    except TypeError as exc:
-        raise FileFormatError(path, f"bad model config: {exc}") from None
+    except (DevinetError, TypeError, ValueError) as exc:
+        raise FileFormatError(path, f"bad model config: {_first_line(exc)}") from None
+    state = payload["state_dict"]
+    layers = config.num_blocks + len(config.rnn_hidden) + len(config.linear_layers)
+    if layers > len(state):  # every layer holds at least one weight: refuse before building anything
+        raise FileFormatError(path, f"the config describes {layers} layers but the file holds only "
+                                    f"{len(state)} weights")
+    with torch.device("meta"):  # shapes only, no memory
+        skeleton = DeviNet(config)
+    check_state_dict(skeleton.state_dict(), state, source=str(path), allow_nonfinite=allow_nonfinite)
     model = DeviNet(config)
-    load_state_dict_strict(model, payload["state_dict"], source=str(path), allow_nonfinite=allow_nonfinite)
+    load_state_dict_strict(model, state, source=str(path), allow_nonfinite=allow_nonfinite)
     model.eval()
     model.checkpoint_metadata = payload["metadata"]
     return model
@@ -92,24 +127,37 @@ def load(path: str | os.PathLike, allow_nonfinite: bool = False) -> DeviNet:
 
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, Any], source: str,
                            allow_nonfinite: bool = False) -> None:
-    """Copy ``state`` into ``model`` after checking names, shapes, dtypes and values; one error lists all problems."""
+    """Copy ``state`` into ``model`` after :func:`check_state_dict`; floating weights are cast to the model's dtype."""
     expected = model.state_dict()
+    check_state_dict(expected, state, source=source, allow_nonfinite=allow_nonfinite)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], state: dict[Any, Any], source: str,
+                     allow_nonfinite: bool = False) -> None:
+    """Check names, shapes, dtypes and values of ``state`` against ``expected``; one error lists all problems.
+
+    A weight must be a dense tensor holding data (not sparse, quantized or on the meta
+    device), floating exactly where the model's is (any float precision is accepted), and
+    finite unless ``allow_nonfinite``.
+    """
     problems = []
     for key in sorted(set(expected) - set(state)):
         problems.append(f"missing {key} {tuple(expected[key].shape)}")
-    for key in sorted(set(state) - set(expected)):
-        problems.append(f"unexpected {key}")
+    for key in sorted(set(state) - set(expected), key=repr):
+        problems.append(f"unexpected {key}" if isinstance(key, str) and key.isprintable() else f"unexpected {key!r}")
     for key in sorted(set(state) & set(expected)):
         value, target = state[key], expected[key]
         if not isinstance(value, torch.Tensor):
-            problems.append(f"{key} is not a tensor")
+            problems.append(f"{key} is not a tensor ({type(value).__name__})")
+        elif value.layout != torch.strided or value.is_quantized or value.is_meta:
+            problems.append(f"{key} is not a dense tensor with data ({value.layout}, {value.device.type})")
         elif tuple(value.shape) != tuple(target.shape):
             problems.append(f"{key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
-        elif value.is_floating_point() != target.is_floating_point():
+        elif value.is_floating_point() != target.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             problems.append(f"{key} has dtype {value.dtype}, expected {target.dtype}")
         elif value.is_floating_point() and not allow_nonfinite and not torch.isfinite(value).all():
             problems.append(f"{key} holds NaN or infinite values")
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise FileFormatError(source, f"weights do not fit the model: {shown}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})

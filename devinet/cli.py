@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except DevinetError as exc:
-        print(f"devinet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"devinet {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"devinet {args.command}: interrupted", file=sys.stderr)
@@ -63,8 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # File-system problems (permissions, disk full, ...) are the user's to fix: one line.
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"devinet {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"devinet {args.command}: error: {_one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
         return 1
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: names taken from a file (layer names, keys) may hold line breaks."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -225,9 +225,9 @@ def _scan_forward(xw: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | Non
     Returns the output (N, T, D, H) and what the backward needs, in scan order (step s of a
     backward direction is time T-1-s): the states ``hs`` (D, T+1, N, H), ``hs[:, 0] = h0``;
     the gates ``rz`` (D, T, N, 2H) and what their activation left in ``pre`` (same shape);
-    the candidates ``n`` (D, T, N, H) (and ``n_pre``, what a hard-sigmoid candidate left); reset-before: ``rh = r * h`` (D, T, N, H); reset-after:
-    the recurrent projections ``hh`` (D, T, N, 3H). Without ``save`` they are one-step
-    scratch buffers, reused at every step.
+    the candidates ``n`` (D, T, N, H) and ``n_pre`` (what a hard-sigmoid candidate left, or
+    None); reset-before: ``rh = r * h`` (D, T, N, H); reset-after: the recurrent projections
+    ``hh`` (D, T, N, 3H). Without ``save`` they are one-step scratch buffers, reused at every step.
     """
     N, T, D, _ = xw.shape
     H = w_hh.shape[1]

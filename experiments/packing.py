@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -46,12 +47,24 @@ from . import meta as M
 
 FORMAT_VERSION = 1
 BACKENDS = ("reference", "torch")
+#: clips longer than this are skipped before decoding ("unreadable": too long). Only the first
+#: 10 s of a clip are packed, but the whole clip is decoded (float64) and resampled: an hour
+#: of 44.1-kHz stereo takes several GB per worker process.
+MAX_SECONDS = 1800.0
 SKIP_KINDS = ("missing", "empty", "unreadable")
 _CHUNK_NAME = re.compile(r"^chunk_(\d{6})\.npz$")
 
 
 class NothingPackedError(FileFormatError):
     """Not one clip of the split could be packed."""
+
+
+class WorkerDiedError(DevinetError):
+    """A worker process ended abruptly (killed, out of memory); the finished chunks are kept."""
+
+    def __init__(self, out_path: Path):
+        super().__init__(f"{out_path}: a feature extraction worker process died (killed, or out of memory?); "
+                         "the finished chunks are kept: run the same command again to resume")
 
 
 @dataclass(frozen=True)
@@ -198,6 +211,7 @@ def _extract_chunk(index: int, clips: list[tuple[str, str | None]], resampler: s
             skipped.append(Skipped(key, "missing", f"no {M.wav_name(key)} in the wav folder"))
             continue
         try:
+            _check_duration(path)
             done.append((key, F.extract_logmel(path, resampler=resampler)))
         except F.AudioFileError as exc:
             skipped.append(Skipped(key, exc.kind, exc.problem))
@@ -205,28 +219,60 @@ def _extract_chunk(index: int, clips: list[tuple[str, str | None]], resampler: s
 
 
 def _decode_chunk(index: int, clips: list[tuple[str, str | None]]) -> tuple[int, list, list[Skipped]]:
-    """Decoding only (torch backend): [(key, mono float32 waveform, rate)], skipped clips."""
+    """Decoding only (torch backend): [(key, mono float32 waveform, rate, frames)], skipped clips.
+
+    A waveform is cut to what its first 240 frames need (plus the resampler's reach): clips
+    of one rate are batched, padded to the longest, so one long clip would otherwise make
+    the whole batch long. ``frames`` is the clip's full frame count.
+    """
     decoded, skipped = [], []
     for key, path in clips:
         if path is None:
             skipped.append(Skipped(key, "missing", f"no {M.wav_name(key)} in the wav folder"))
             continue
         try:
+            _check_duration(path)
             audio, rate = F.read_audio(path)
         except F.AudioFileError as exc:
             skipped.append(Skipped(key, exc.kind, exc.problem))
             continue
-        decoded.append((key, audio.astype(np.float32), rate))
+        frames = F.num_frames(F.resampled_length(audio.shape[0], rate))
+        decoded.append((key, audio[: _samples_needed(rate)].astype(np.float32), rate, frames))
     return index, decoded, skipped
 
 
-def _chunk_arrays(done: list[tuple[str, np.ndarray]], skipped: list[Skipped]) -> dict[str, np.ndarray]:
-    """The arrays of one chunk file (plain arrays only: read back with allow_pickle=False)."""
+def _samples_needed(rate: int) -> int:
+    """Input samples at ``rate`` that the first 240 frames depend on, with a margin (0.1 s) beyond the
+    resampler's reach (64 zero crossings: at most 64 * rate / 16000 input samples)."""
+    at_16k = F.N_FFT + (F.FRAMES - 1) * F.HOP
+    return math.ceil(at_16k * rate / F.SAMPLE_RATE) + rate // 10 + 128
+
+
+def _check_duration(path: str) -> None:
+    """Refuse (as an unreadable clip) a file longer than :data:`MAX_SECONDS`, from its header alone."""
+    import soundfile
+
+    try:
+        info = soundfile.info(path)
+    except (soundfile.SoundFileError, RuntimeError, OSError):
+        return  # not decodable at all: read_audio says why
+    if info.samplerate > 0 and info.frames > 0 and info.frames / info.samplerate > MAX_SECONDS:
+        raise F.AudioFileError(path, "unreadable", f"too long to decode: {info.frames / info.samplerate:.0f} s "
+                                                   f"(the limit is {MAX_SECONDS:.0f} s; only the first "
+                                                   f"{F.FRAMES * F.HOP / F.SAMPLE_RATE:.0f} s are packed: trim it)")
+
+
+def _chunk_arrays(done: list[tuple[str, np.ndarray]], skipped: list[Skipped],
+                  n_frames: list[int] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of one chunk file (plain arrays only: read back with allow_pickle=False).
+
+    ``n_frames``: each clip's frames before truncation, when its features were computed from a prefix.
+    """
     features = np.stack([F.pad_or_truncate(x) for _, x in done]) if done else np.zeros((0, F.FRAMES, F.N_MELS), np.float32)
     return {
         "names": np.array([key for key, _ in done], dtype=str).reshape(-1),
         "features": features.astype(np.float32),
-        "n_frames": np.array([x.shape[0] for _, x in done], dtype=np.int32),
+        "n_frames": np.array(n_frames if n_frames is not None else [x.shape[0] for _, x in done], dtype=np.int32),
         "skipped_names": np.array([s.key for s in skipped], dtype=str).reshape(-1),
         "skipped_kinds": np.array([s.kind for s in skipped], dtype=str).reshape(-1),
         "skipped_details": np.array([s.detail for s in skipped], dtype=str).reshape(-1),
@@ -401,6 +447,9 @@ def pack_split(
     except NothingPackedError:
         work.remove()  # its chunks only say that every clip failed: nothing worth resuming
         raise
+    except concurrent.futures.process.BrokenProcessPool:
+        work.release()
+        raise WorkerDiedError(out_path) from None
     except BaseException:
         work.release()
         raise
@@ -496,8 +545,10 @@ def _run_torch(tasks: dict, work: _WorkFolder, device: str, jobs: int, bar) -> N
         window = jobs + 2  # decoded waveforms wait in memory: keep few in flight
         submit = lambda p, i: p.submit(_decode_chunk, i, tasks[i])  # noqa: E731
         for index, decoded, skipped in _bounded(pool, submit, sorted(tasks), window):
-            logmels = F.extract_logmel_batch([w for _, w, _ in decoded], [r for _, _, r in decoded], device=device)
-            work.write_chunk(index, _chunk_arrays([(key, x) for (key, _, _), x in zip(decoded, logmels)], skipped))
+            logmels = F.extract_logmel_batch([w for _, w, _, _ in decoded], [r for _, _, r, _ in decoded],
+                                             device=device)
+            work.write_chunk(index, _chunk_arrays([(key, x) for (key, *_), x in zip(decoded, logmels)], skipped,
+                                                  n_frames=[frames for *_, frames in decoded]))
             bar.update(len(tasks[index]))
 
 
@@ -610,6 +661,7 @@ def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, cl
 
 
 __all__ = [
-    "FORMAT_VERSION", "BACKENDS", "SKIP_KINDS", "NothingPackedError", "Skipped", "PackResult", "PackedSplit",
+    "FORMAT_VERSION", "BACKENDS", "SKIP_KINDS", "MAX_SECONDS", "NothingPackedError", "WorkerDiedError", "Skipped",
+    "PackResult", "PackedSplit",
     "recipe", "default_jobs", "index_wav_folder", "pack_split", "load_packed", "read_skipped", "fit_scaler",
 ]

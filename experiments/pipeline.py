@@ -34,8 +34,7 @@ from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import FRAMES, N_MELS, Scaler
 from experiments import evaluation as E
 from experiments.meta import CLASSES, clip_key
-from experiments.systems import (SYSTEMS, TRAINED_SYSTEMS, SizeConfig, frames_at_input_rate, load_size_config,
-                                 model_config, resolve_systems)
+from experiments.systems import SYSTEMS, SizeConfig, frames_at_input_rate, load_size_config, resolve_systems
 from experiments.train import EvalSet, TrainResult, fused_predictions, train
 
 #: the official metadata files an experiment reads from the meta folder
@@ -74,6 +73,7 @@ class Options:
     seed: int = 2017
     jobs: int = 1
     device: str = "cpu"
+    threads: int | None = None
     deterministic: bool = True
     force: bool = False
     progress: bool = True
@@ -92,6 +92,8 @@ class Options:
             raise ConfigError("--meta-dir, --train-audio and --test-audio describe real data: give --data-root too")
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         if args.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {args.seed}")
         out = Path(args.out)
@@ -99,7 +101,8 @@ class Options:
         return cls(size=size, out=out, work_dir=Path(args.work_dir) if args.work_dir else out / "work",
                    data_root=path(args.data_root), meta_dir=path(args.meta_dir), train_audio=path(args.train_audio),
                    test_audio=path(args.test_audio), systems=resolve_systems(args.systems), seed=args.seed,
-                   jobs=args.jobs or default_jobs(), device=args.device, deterministic=args.deterministic,
+                   jobs=args.jobs or default_jobs(), device=args.device, threads=args.threads,
+                   deterministic=args.deterministic,
                    force=args.force, progress=args.progress, command=command)
 
     @property
@@ -291,7 +294,7 @@ def train_systems(options: Options, dataset: Dataset, features: Features) -> dic
             continue
         _say(f"[train] {system}: {SYSTEMS[system].title} ({SYSTEMS[system].preset}, width {options.size.width:g})")
         results[system] = train(
-            model_config(system, options.size.width), features.train.features, features.train.labels,
+            options.size.model(system), features.train.features, features.train.labels,
             features.scaler, run_dir(options, dataset, system), options.size.training, seed=options.seed,
             deterministic=options.deterministic, monitor=monitor, eval_batch_size=options.size.eval_batch_size,
             force=options.force, device=options.device, name=system, progress=options.progress)
@@ -409,8 +412,7 @@ def write_report(options: Options, dataset: Dataset, features: Features, runs: d
         (out / sub).mkdir(parents=True, exist_ok=True)
     systems = {}
     for system in options.systems:
-        parameters = DeviNet(model_config(system, options.size.width)).num_parameters() if SYSTEMS[system].trained \
-            else None
+        parameters = DeviNet(options.size.model(system)).num_parameters() if SYSTEMS[system].trained else None
         systems[system] = _summary(options, system, scores[system], runs.get(system), parameters)
         atomic_write_json(out / "evaluation" / f"{system}.json", {"system": system, **scores[system]})
         if system in runs:
@@ -478,6 +480,19 @@ def reproduce(options: Options) -> dict:
         for name in ("results.json", "results.md"):
             (options.out / name).unlink(missing_ok=True)
         shutil.rmtree(options.work_dir / "predictions", ignore_errors=True)
+    if options.threads is None:
+        return _run_stages(options, began)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(options.threads)
+    try:
+        return _run_stages(options, began)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_stages(options: Options, began: str) -> dict:
     timing: dict[str, float] = {}
 
     def timed(stage: str, fn, *args):

@@ -112,7 +112,7 @@ def plot_clip_example(clip: Mapping[str, Any], path: str | os.PathLike, max_rows
     for ax, label in zip(axes[1:], rows):
         for event in clip["events"]:
             if event["label"] == label and event["offset"] > event["onset"]:
-                ax.axvspan(event["onset"], event["offset"], color="tab:green", alpha=0.2, lw=0)
+                ax.axvspan(event["onset"], event["offset"], color="0.55", alpha=0.3, lw=0)
         k = classes.index(label)
         for name, probs in frames.items():
             ax.plot(t, probs[:, k], lw=1.2, label=name)
@@ -122,7 +122,7 @@ def plot_clip_example(clip: Mapping[str, Any], path: str | os.PathLike, max_rows
         ax.grid(alpha=0.2)
     if rows:
         axes[1].legend(fontsize=7, ncol=len(frames), loc="upper right",
-                       title="frame probabilities (green: strong labels; dotted: threshold)", title_fontsize=7)
+                       title="frame probabilities (grey: strong labels; dotted: threshold)", title_fontsize=7)
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(0, t_end)
     return _save(fig, path)

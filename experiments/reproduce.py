@@ -34,17 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meta-dir", metavar="DIR", default=None,
                         help="folder of the official metadata (training_set.csv, testing_set.csv, "
                              "groundtruth_{weak,strong}_label_testing_set.csv); default DATA_ROOT/meta")
-    parser.add_argument("--train-audio", metavar="DIR", default=None, help="folder of the training wavs (with --data-root)")
-    parser.add_argument("--test-audio", metavar="DIR", default=None, help="folder of the testing wavs (with --data-root)")
-    parser.add_argument("--out", metavar="DIR", required=True, help="results folder (results.json, results.md, figures/)")
+    parser.add_argument("--train-audio", metavar="DIR", default=None,
+                        help="folder of the training wavs (with --data-root; default: found under it)")
+    parser.add_argument("--test-audio", metavar="DIR", default=None,
+                        help="folder of the testing wavs (with --data-root; default: found under it)")
+    parser.add_argument("--out", metavar="DIR", required=True,
+                        help="results folder (results.json, results.md, figures/)")
     parser.add_argument("--work-dir", metavar="DIR", default=None,
                         help="folder for audio, features, checkpoints and probabilities (default OUT/work)")
     parser.add_argument("--systems", nargs="+", metavar="NAME", default=None,
                         help="systems to run (crnn_baseline, gated_crnn_mean, gated_crnn_attention, fusion; "
                              "default all; a fusion brings its members)")
-    parser.add_argument("--seed", type=int, default=2017, help="seed of the synthetic data and of training (default 2017)")
-    parser.add_argument("--jobs", type=int, default=None, help="processes for data generation and features (default: all cores)")
+    parser.add_argument("--seed", type=int, default=2017,
+                        help="seed of the synthetic data and of training (default 2017)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="processes for data generation and features (default: all cores)")
     parser.add_argument("--device", default="cpu", help="torch device for training and prediction (default cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for training and prediction (default: torch's choice, one per core)")
     parser.add_argument("--no-deterministic", dest="deterministic", action="store_false",
                         help="allow non-deterministic torch algorithms (faster on some GPUs)")
     parser.add_argument("--force", action="store_true",
@@ -75,7 +82,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--size", args.size]
     flags = [("--config", args.config), ("--data-root", args.data_root), ("--meta-dir", args.meta_dir),
              ("--train-audio", args.train_audio), ("--test-audio", args.test_audio), ("--out", args.out),
-             ("--work-dir", args.work_dir), ("--jobs", args.jobs), ("--device", None if args.device == "cpu" else args.device)]
+             ("--work-dir", args.work_dir), ("--jobs", args.jobs), ("--threads", args.threads),
+             ("--device", None if args.device == "cpu" else args.device)]
     parts += [f"{flag} {value}" for flag, value in flags if value is not None]
     if args.systems:
         parts += ["--systems", *args.systems]

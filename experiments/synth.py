@@ -269,6 +269,8 @@ def _check_split(split: str) -> int:
 
 
 def _stream(seed: int, split: str, kind: int, index: int) -> np.random.Generator:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"the generator seed must be a non-negative integer, got {seed!r}")
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_check_split(split), kind, index)))
 
 

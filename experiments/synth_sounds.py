@@ -172,17 +172,14 @@ def impulses_at(times: np.ndarray, gains: np.ndarray, n: int, sr: int) -> np.nda
 
 
 def convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """``x`` convolved with ``kernel``, cut to the length of ``x`` (float64 out).
+    """``x`` (n,) convolved with ``kernel``, cut to length n (float64 out): an impulse train
+    exciting a per-pulse sound, or a reverberation tail.
 
-    Computed in single precision, which halves the FFT cost; -140 dB of rounding is far
-    below the 16-bit floor of the written clips.
+    Computed in single precision, which halves the FFT cost; its rounding stays far below
+    the 16-bit floor (-96 dB) of the written clips.
     """
     return signal.fftconvolve(x.astype(np.float32), kernel.astype(np.float32))[: x.size].astype(np.float64)
 
-
-def excite(pulses: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Convolve an impulse train (n,) with a per-pulse sound, keeping the length n."""
-    return convolve(pulses, kernel)
 
 
 def firing_times(cycle_freq: np.ndarray, offsets, sr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -340,12 +337,12 @@ def bicycle(rng: np.random.Generator, n: int, sr: int = SR) -> np.ndarray:
         times.extend(when + spacing * np.arange(count))
         when += spacing * count + _uniform(rng, 0.3, 1.0)
     times = np.array(times)
-    out = excite(impulses_at(times, rng.uniform(0.6, 1.0, times.size), n, sr), strike)
+    out = convolve(impulses_at(times, rng.uniform(0.6, 1.0, times.size), n, sr), strike)
     if rng.random() < 0.35:
         tick_rate = _uniform(rng, 12, 30)
         ticks = np.arange(rng.uniform(0, 1 / tick_rate), duration, 1 / tick_rate)
         click = noise_burst(rng, int(0.01 * sr), sr, 0.002, highpass=3000.0)
-        out += _uniform(rng, 0.05, 0.2) * _rms(out) / max(_rms(click), 1e-9) * 3 * excite(
+        out += _uniform(rng, 0.05, 0.2) * _rms(out) / max(_rms(click), 1e-9) * 3 * convolve(
             impulses_at(ticks, rng.uniform(0.5, 1.0, ticks.size), n, sr), click)
     return out
 
@@ -365,12 +362,12 @@ def skateboard(rng: np.random.Generator, n: int, sr: int = SR) -> np.ndarray:
     board = _uniform(rng, 150, 400)
     clack = (noise_burst(rng, int(0.05 * sr), sr, 0.008)
              + damped_modes(int(0.05 * sr), sr, [(board, 0.03, 2.0)], rng))
-    clacks = excite(impulses_at(hits, rng.uniform(0.5, 1.0, hits.size), n, sr), clack)
+    clacks = convolve(impulses_at(hits, rng.uniform(0.5, 1.0, hits.size), n, sr), clack)
     if n > 2 * sr and rng.random() < 0.35:  # ollie: pop, airborne silence, landing
         pop = _uniform(rng, 0.2, 0.6) * t[-1]
         air = _uniform(rng, 0.3, 0.6)
         roll *= 1 - ((t > pop) & (t < pop + air))
-        clacks += 3 * excite(impulses_at(np.array([pop, pop + air]), np.array([1.0, 1.5]), n, sr), clack)
+        clacks += 3 * convolve(impulses_at(np.array([pop, pop + air]), np.array([1.0, 1.5]), n, sr), clack)
     return roll / max(_rms(roll), 1e-9) + _uniform(rng, 0.5, 1.2) * clacks / max(_rms(clacks), 1e-9)
 
 
@@ -513,7 +510,7 @@ def _engine(rng: np.random.Generator, n: int, sr: int, firing: np.ndarray, offse
     kernel = damped_modes(length, sr, modes, rng) + 0.3 * noise_burst(rng, length, sr, 0.004)
     if knock:
         kernel += knock * noise_burst(rng, length, sr, 0.003, highpass=1500.0) * np.max(np.abs(kernel))
-    return excite(pulses, kernel)
+    return convolve(pulses, kernel)
 
 
 def _rpm_track(rng: np.random.Generator, n: int, sr: int, low: float, high: float, wander: float) -> np.ndarray:
@@ -633,7 +630,7 @@ def train(rng: np.random.Generator, n: int, sr: int = SR) -> np.ndarray:
     click = (damped_modes(click_length, sr, [(_uniform(rng, 120, 350), 0.025, 1.0),
                                              (_uniform(rng, 600, 1500), 0.008, 0.5)], rng)
              + 0.5 * noise_burst(rng, click_length, sr, 0.005, highpass=1000.0))
-    out = _unit_rms(excite(impulses_at(hits, rng.uniform(0.7, 1.3, hits.size), n, sr), click))
+    out = _unit_rms(convolve(impulses_at(hits, rng.uniform(0.7, 1.3, hits.size), n, sr), click))
     out += _uniform(rng, 0.5, 1.0) * shaped_noise(rng, n, sr, beta=2.0, low=20.0, high=_uniform(rng, 60, 150))
     out += _uniform(rng, 0.3, 0.7) * shaped_noise(rng, n, sr, beta=1.0, low=200.0, high=1500.0)
     if rng.random() < 0.2:  # wheel squeal

@@ -98,24 +98,29 @@ def resolve_systems(names: list[str] | tuple[str, ...] | None) -> tuple[str, ...
     return tuple(name for name in SYSTEMS if name in wanted)
 
 
-def model_config(system: str, width: float = 1.0) -> DeviNetConfig:
+def model_config(system: str, width: float = 1.0, overrides: Mapping[str, Any] | None = None) -> DeviNetConfig:
     """The DeviNetConfig a trained system uses, with channels and GRU units scaled by ``width``.
 
     ``width`` 1 is the paper's model; a scaled size is rounded to the nearest integer (>= 1).
+    ``overrides`` are further DeviNetConfig fields (a size's ``model_overrides``), applied last.
     """
     spec = get_system(system)
     if not spec.trained:
         raise ConfigError(f"system {system!r} is a fusion of {', '.join(spec.members)}; it has no model of its own")
-    if not (isinstance(width, (int, float)) and 0 < width <= 1):
+    if isinstance(width, bool) or not (isinstance(width, (int, float)) and 0 < width <= 1):
         raise ConfigError(f"width must be in (0, 1], got {width!r}")
     base = preset_config(spec.preset)
-    if width == 1:
+    changes: dict[str, Any] = dict(overrides or {})
+    if "name" in changes:
+        raise ConfigError("model_overrides cannot rename the model")
+    if width != 1:
+        scale = lambda n: max(1, int(round(n * width)))  # noqa: E731
+        changes |= {key: scale(getattr(base, key)) for key in _WIDTH_FIELDS if getattr(base, key)}
+        changes["rnn_hidden"] = tuple(scale(h) for h in base.rnn_hidden)
+    if not changes:
         return base
-    scale = lambda n: max(1, int(round(n * width)))  # noqa: E731
-    changes: dict[str, Any] = {key: scale(getattr(base, key)) for key in _WIDTH_FIELDS if getattr(base, key)}
-    changes["rnn_hidden"] = tuple(scale(h) for h in base.rnn_hidden)
-    changes["name"] = f"{spec.preset}@width{width:g}"
-    return base.replace(**changes)
+    tags = ([f"width{width:g}"] if width != 1 else []) + [f"{k}={v}" for k, v in sorted((overrides or {}).items())]
+    return base.replace(**changes, name=f"{spec.preset}@{','.join(tags)}")
 
 
 def frames_at_input_rate(frame_probs: np.ndarray, num_input_frames: int) -> np.ndarray:
@@ -156,6 +161,7 @@ class SizeConfig:
         data_size: size of the synthetic stand-in (``experiments.synth.SIZES``).
         width: channel and GRU-unit factor of every system (1 = the paper's models).
         training: the schedule.
+        model_overrides: DeviNetConfig fields changed in every system (empty for the paper's models).
         eval_batch_size: clips per forward pass when predicting.
     """
 
@@ -164,6 +170,7 @@ class SizeConfig:
     data_size: str
     width: float
     training: TrainSchedule
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     eval_batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -173,6 +180,14 @@ class SizeConfig:
             raise ConfigError(f"width must be a number in (0, 1], got {self.width!r}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+        if not isinstance(self.model_overrides, Mapping):
+            raise ConfigError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
+        for system in TRAINED_SYSTEMS:  # every key must be a DeviNetConfig field with a valid value
+            model_config(system, self.width, self.model_overrides)
+
+    def model(self, system: str) -> DeviNetConfig:
+        """The model ``system`` trains at this size."""
+        return model_config(system, self.width, self.model_overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -550,8 +550,9 @@ def fused_predictions(run_dir: str | os.PathLike, eval_set: EvalSet, scaler: Sca
         if arrays is None:
             path = folder.checkpoint(epoch)
             if not path.is_file():
-                raise FileFormatError(path, f"missing: fusion needs the checkpoints of epochs "
-                                            f"{schedule.fused_epochs[0]}..{schedule.fused_epochs[-1]} (is training finished?)")
+                first, last = schedule.fused_epochs[0], schedule.fused_epochs[-1]
+                raise FileFormatError(path, f"missing: fusion needs the checkpoints of epochs {first}..{last} "
+                                            "(is training finished?)")
             model = ckpt.load(path).to(device)
             arrays = predict(model, eval_set.features, scaler, batch_size, device)
         clips.append(arrays[0])

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESET_CHOICES, help="devinet preset (default: detected)")
     parser.add_argument("--theano-flip", choices=("auto", "yes", "no"), default="auto",
                         help="flip conv kernels for Theano's convolution (default: auto, from the file)")
+    parser.add_argument("--dtype", choices=("both", "float32", "float64"), default="both",
+                        help="precision of the comparison runs (default: both)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input clips (default 0)")
     parser.add_argument("--batch", type=int, default=2,
                         help="random clips in the input, plus one all-zero clip (default 2)")
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    import torch
     from tqdm.auto import tqdm
 
     from devinet._io import atomic_write_text, check_destination
@@ -42,12 +45,15 @@ def run(args: argparse.Namespace) -> int:
 
     from .compare import format_report, parity_reports
 
+    dtypes = {"both": (torch.float32, torch.float64), "float32": (torch.float32,),
+              "float64": (torch.float64,)}[args.dtype]
     if args.batch < 1:
         raise InputError(f"--batch must be at least 1, got {args.batch}")
     if args.report:
         check_destination(args.report, force=args.force)
     reports = parity_reports(Path(args.src), recording=args.reference, checkpoint=args.checkpoint,
                              preset=args.preset, theano_flip=args.theano_flip, seed=args.seed, batch=args.batch,
+                             dtypes=dtypes,
                              progress=lambda items, **kw: tqdm(items, file=sys.stderr, leave=False, **kw))
     text = "\n\n".join(format_report(report) for report in reports)
     print(text)

@@ -39,10 +39,12 @@ from devinet.model import DeviNet
 
 #: float32 tolerance of the issue (relative to max(1, max|ref|))
 TOLERANCE_FLOAT32 = 1e-5
-#: float64 devinet against a float32 recording: the recording's own float32 rounding dominates.
-#: Measured on the keras208 files: largest 1.9e-6 (float32 runs: 2.0e-6); the float32 bound applies.
-TOLERANCE_FLOAT64_VS_FLOAT32 = 1e-5
-#: float64 on both sides (Keras 3 reference built in float64). Measured: largest 4.4e-15 over the
+#: float64 devinet against a float32 recording: what is left is the recording's own float32
+#: rounding. Measured on the keras208 files: largest 4.8e-7 (crnn_at, batch_normalization_7),
+#: the same as float32 runs; 2e-6 keeps a 4x margin while the smallest planted mistake
+#: (PyTorch's BatchNorm eps) shows 9e-4.
+TOLERANCE_FLOAT64_VS_FLOAT32 = 2e-6
+#: float64 on both sides (Keras 3 reference built in float64). Measured: largest 3.0e-15 over the
 #: three presets; 1e-12 leaves room for other BLAS builds while a mapping bug gives >= 1e-4.
 TOLERANCE_FLOAT64 = 1e-12
 

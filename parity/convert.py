@@ -203,10 +203,11 @@ def state_to_keras_weights(model: DeviNet, expected: Mapping[str, Mapping[str, t
     parts: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
     out: KerasWeights = defaultdict(dict)
     assigned: dict[str, list[str]] = defaultdict(list)
-    read, dropped = [], []
+    read, dropped, problems = [], [], []
     for a in assignments(layers, model.config):
         if a.torch_key not in state:
-            continue  # e.g. the reset-after rows of a reset-before model's other layers
+            problems.append(f"{a.torch_key} is missing (needed for {a.keras_name})")
+            continue
         if a.keras_weight is None:
             dropped.append(a.torch_key)
             continue
@@ -222,6 +223,8 @@ def state_to_keras_weights(model: DeviNet, expected: Mapping[str, Mapping[str, t
             parts[(a.keras_layer, a.keras_weight)][a.row.part] = array
             if a.row.part == 0:
                 assigned[target].append(a.torch_key)
+    if problems:
+        raise ConversionError(source, problems)
     for (layer, weight), rows in parts.items():
         out[layer][weight] = np.stack([rows[i] for i in sorted(rows)])
     flat_expected = {f"{l}/{w}": tuple(s) for l, ws in expected.items() for w, s in ws.items()}
@@ -246,13 +249,15 @@ def model_preset(model: DeviNet, preset: str | None = None) -> str:
 
 
 def torch_to_keras(model: DeviNet, destination: str | os.PathLike, *, preset: str | None = None,
-                   theano_flip: str = "auto", force: bool = False, allow_nonfinite: bool = False) -> Path:
+                   theano_flip: str = "auto", force: bool = False, allow_nonfinite: bool = False,
+                   n_frames: int | None = 240) -> Path:
     """Write ``model`` as a Keras file; the format follows the suffix.
 
     ``.keras`` / ``.weights.h5``: Keras 3 files of :mod:`keras_reference` (TensorFlow needed).
     ``.h5`` / ``.hdf5``: the original Keras 2 ``save_weights`` layout with the original's
     layer names; ``theano_flip='yes'`` writes a Theano-backend file (flipped kernels, names
     without ':0') like the original checkpoints, otherwise a TensorFlow-backend one.
+    ``n_frames`` is the input length of a Keras 3 model (240 as the original; None: any length).
     The written file is read back and compared with the model before it is moved into place.
     """
     fmt = keras_format(destination)
@@ -276,7 +281,7 @@ def torch_to_keras(model: DeviNet, destination: str | os.PathLike, *, preset: st
         return destination
     if theano_flip == "yes":
         raise ConfigError("Keras 3 files cross-correlate; --theano-flip yes applies to legacy .h5 files only")
-    keras_model = keras3_files.build_keras_model(name, config)
+    keras_model = keras3_files.build_keras_model(name, config, n_frames=n_frames)
     expected: dict[str, dict[str, tuple[int, ...]]] = defaultdict(dict)
     for (layer, weight), variable in keras3_files.keras_variables(keras_model).items():
         expected[layer][weight] = tuple(variable.shape)

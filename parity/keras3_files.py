@@ -73,7 +73,11 @@ def read_keras3(path: str | os.PathLike) -> KerasFile:
     config = _read_archive_config(path)
     with zipfile.ZipFile(path) as archive:
         data = _member(path, archive, "model.weights.h5")
-    with h5py.File(io.BytesIO(data), "r") as handle:
+    try:
+        handle = h5py.File(io.BytesIO(data), "r")
+    except OSError as exc:
+        raise FileFormatError(path, f"model.weights.h5 is not an HDF5 file ({exc})") from None
+    with handle:
         return _from_weights(path, handle, config, "keras3")
 
 
@@ -239,14 +243,17 @@ def check_reference_buildable(preset: str, config: DeviNetConfig) -> None:
 
 
 def build_keras_model(preset: str, config: DeviNetConfig, weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-                      dtype: str = "float32"):
+                      dtype: str = "float32", n_frames: int | None = 240):
     """``keras_reference.build`` for ``config`` in ``dtype``, with ``weights`` (canonical layer ->
-    normalised weight name -> array) assigned when given. Every variable must be given exactly once."""
+    normalised weight name -> array) assigned when given. Every variable must be given exactly once.
+
+    ``n_frames``: the input length the model is built for (240 as the original; None: any).
+    """
     kr = _keras_reference()
     check_reference_buildable(preset, config)
     with floatx(dtype):
         model = kr.build(preset, blocks=config.num_blocks, num_classes=config.num_classes, n_mels=config.n_mels,
-                         attention_eps=config.attention_eps)
+                         attention_eps=config.attention_eps, n_frames=n_frames)
     if weights is not None:
         assign_keras_weights(model, weights)
     return model
@@ -257,7 +264,9 @@ def keras_variables(model) -> dict[tuple[str, str], Any]:
     out = {}
     for layer in model.layers:
         for variable in layer.weights:
-            out[(layer.name, normalise_weight_name(variable.path.partition("/")[2] or variable.path))] = variable
+            # Built models prefix paths with the layer name; loaded Bidirectional ones may not.
+            path = variable.path.removeprefix(f"{layer.name}/")
+            out[(layer.name, normalise_weight_name(path))] = variable
     return out
 
 
@@ -293,16 +302,3 @@ def load_keras_model(path: str | os.PathLike, preset: str | None = None, config:
         model.load_weights(path)
         return model
     return keras.saving.load_model(path, safe_mode=True, compile=False)
-
-
-def write_keras3(path: str | os.PathLike, preset: str, config: DeviNetConfig,
-                 weights: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-    """Save a Keras 3 model holding ``weights``: ``.keras`` (architecture + weights) or ``.weights.h5``.
-
-    ``path`` must carry the right suffix (Keras insists); callers write to a temporary path.
-    """
-    model = build_keras_model(preset, config, weights)
-    if str(path).endswith(".weights.h5"):
-        model.save_weights(path)
-    else:
-        model.save(path)

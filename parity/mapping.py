@@ -31,7 +31,6 @@ from devinet.config import DeviNetConfig, preset_config
 from devinet.errors import DevinetError
 
 from .topology import KerasFile, KerasLayer
-from .transforms import TRANSFORMS
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,6 @@ class KerasFile:
     def is_legacy(self) -> bool:
         return self.kind.startswith("keras2")
 
-    def weighted_layers(self) -> list[KerasLayer]:
-        return [layer for layer in self.layers if layer.weights]
-
     def layer(self, name: str) -> KerasLayer:
         for layer in self.layers:
             if layer.name == name:

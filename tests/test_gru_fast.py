@@ -30,6 +30,7 @@ REFERENCE_ACTIVATIONS = {
     "linear": lambda v: v,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
+    "relu": torch.relu,
     # Keras 2.x hard_sigmoid; its autograd gives 0.2 inside [-2.5, 2.5] (clamp passes the bounds) and 0 outside.
     "keras2_hard_sigmoid": lambda v: torch.clamp(0.2 * v + 0.5, 0.0, 1.0),
 }
@@ -154,6 +155,28 @@ def test_keras2gru_outputs_and_gradients_match_the_equations(activation, recurre
     names = ["x", *(n for n, _ in gru.named_parameters())] + (["h0"] if with_h0 else [])
     for name, got, want in zip(names, grads(out, weight, wrt), grads(ref, weight, wrt)):
         assert_close(got, want, what=f"d/d{name}")
+
+
+@pytest.mark.parametrize("activation", ["relu", "keras2_hard_sigmoid"])
+@pytest.mark.parametrize("reset_after", [False, True], ids=["before", "after"])
+def test_other_candidate_activations(activation, reset_after):
+    """Any activation devinet knows may be the candidate's; the hard sigmoid keeps its own pre-activation."""
+    gru = make_gru(activation, "keras2_hard_sigmoid", reset_after, True)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    out, ref = gru(x, h0), reference_gru(gru, x, h0)
+    assert_close(out, ref, what="output")
+    weight = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    wrt = [x, h0, *gru.parameters()]
+    for got, want in zip(grads(out, weight, wrt), grads(ref, weight, wrt)):
+        assert_close(got, want, what="gradient")
+    small = make_gru(activation, "keras2_hard_sigmoid", reset_after, True, sizes=(3, 2), seed=6)
+    names = [n for n, _ in small.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in small.parameters()]
+    xs = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *p: functional_call(small, dict(zip(names, p)), (x,)),
+                                    (xs, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_reference_covers_both_regions_of_the_hard_sigmoid():

@@ -294,6 +294,8 @@ def test_refuses_foreign_or_mismatched_folders(tmp_path):
         synth.generate_dataset(tmp_path / "new", size="huge")
     with pytest.raises(ConfigError, match="unknown split"):
         synth.plan_clip("validation", 0)
+    with pytest.raises(ConfigError, match="non-negative integer"):
+        synth.plan_clip("train", 0, seed=-1)
 
 
 def test_cli_generates_and_resumes(tiny, capsys):

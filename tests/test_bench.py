@@ -1,0 +1,130 @@
+"""``devinet bench``: FLOP counting, the timing harness, argument errors, and a --quick smoke run.
+
+Timings are never asserted (they depend on the machine and its load); the smoke run checks
+that every figure exists, is finite and positive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from devinet.cli import main
+from devinet.model import DeviNet
+from experiments import bench
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HEADLINE = ("forward_speedup_vs_keras", "train_step_speedup_vs_keras", "gru_train_ratio_vs_nngru",
+            "features_speedup_vs_reference", "forward_fraction_of_matmul_peak", "peak_train_memory_mb")
+
+
+@pytest.mark.parametrize("preset, frames", [("cvssp_crnn_at", 48), ("cvssp_crnn_sed", 16),
+                                            ("cvssp_cnnrnn_at", 40), ("cvssp_crnn_baseline", 16)])
+def test_forward_flops_equal_what_torch_counts(preset, frames):
+    """The analytic count equals torch's FLOP counter on the real forward (convs, GRU matmuls, dense)."""
+    model = DeviNet.from_preset(preset).eval()
+    x = torch.randn(3, frames, model.config.n_mels)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    flops = bench.forward_flops(model.config, frames)
+    assert flops["total"] == flops["conv"] + flops["gru"] + flops["dense"]
+    assert flops["gru"] > 0 and flops["dense"] > 0
+    assert 3 * flops["total"] == counter.get_total_flops()
+
+
+def test_full_size_flops_of_the_original_models():
+    """Per clip at 240 x 64: hand-computed conv FLOPs of the original geometry."""
+    at = bench.forward_flops(DeviNet.from_preset("cvssp_crnn_at").config, 240)
+    # 2 * 9 * C_in * 128 * T * F per gated block; pools (2,2) x3 then (1,2); final conv 64 -> 256 on 30 x 4.
+    blocks = [(1, 240, 64), (64, 240, 64), (64, 120, 32), (64, 120, 32), (64, 60, 16), (64, 60, 16), (64, 30, 8)]
+    conv = sum(2 * 9 * c * 128 * t * f for c, t, f in blocks) + 2 * 9 * 64 * 256 * 30 * 4
+    assert at["conv"] == conv
+    # two bidirectional GRUs, 30 steps, 3 gates, input 256, hidden 128
+    assert at["gru"] == 2 * 2 * 30 * 2 * 3 * 128 * (256 + 128)
+
+
+def test_runner_warms_up_then_interleaves_and_takes_medians(monkeypatch):
+    calls = []
+    clock = iter(range(1000))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    runner = bench.Runner("cpu", total_runs=8)
+    try:
+        timings = runner.compare("t", {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                 warmup=1, repeats=3)
+    finally:
+        runner.bar.close()
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    for timing in timings.values():
+        assert timing.runs == 3
+        assert timing.min_s <= timing.median_s <= timing.max_s
+    rate = timings["a"].rate(10)
+    assert rate["min"] <= rate["median"] <= rate["max"]
+
+
+def test_goals_are_judged_in_the_right_direction():
+    goals = bench._goals({"forward_speedup_vs_keras": 2.0, "gru_train_ratio_vs_nngru": 2.0,
+                          "features_speedup_vs_reference": None})
+    assert goals["forward_speedup_vs_keras"]["met"] is True
+    assert goals["gru_train_ratio_vs_nngru"]["met"] is False
+    assert goals["features_speedup_vs_reference"]["met"] is None
+
+
+def test_existing_output_is_refused(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    out.write_text("keep")
+    assert main(["bench", "--quick", "--json", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert out.read_text() == "keep"
+
+
+def test_threads_must_be_positive(tmp_path, capsys):
+    assert main(["bench", "--quick", "--threads", "0", "--json", str(tmp_path / "b.json")]) == 1
+    assert "--threads" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the missing-CUDA error cannot occur")
+def test_cuda_without_cuda_is_one_clear_line(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "devinet.cli", "bench", "--device", "cuda", "--json", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("devinet bench: error: --device cuda: CUDA is not available")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+def test_quick_run_reports_every_figure(tmp_path, keras, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for key in HEADLINE:
+        value = report[key]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+    assert report["quick"] is True and report["device"] == "cpu"
+    assert set(report["goals"]) == set(bench.GOALS)
+    threads = report["threads"]
+    assert threads["torch_intra_op"] >= 1 and "tf_intra_op" in threads and "tf_inter_op" in threads
+    assert report["machine"]["cpu"] and report["versions"]["torch"]
+    for name in bench.MODELS:
+        forward = report["forward"][name]
+        for contender in ("devinet", "devinet_channels_last", "keras_predict", "keras_call"):
+            rate = forward[f"{contender}_clips_per_s"]
+            assert 0 < rate["min"] <= rate["median"] <= rate["max"]
+        assert report["train_step"][name]["speedup_vs_keras"] > 0
+        assert report["train_memory"][name]["step_peak_mb"] > 0
+    # the features of the fast extractor match the reference recipe
+    assert report["features"]["max_abs_difference"] < 1e-2
+    printed = capsys.readouterr().out
+    assert "goals:" in printed and "threads: torch" in printed

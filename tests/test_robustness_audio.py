@@ -1,0 +1,219 @@
+"""Bad audio through extraction and packing: what is packed, what is skipped, and why, on record.
+
+tests/test_packing.py and tests/test_features.py already cover a missing clip, an empty file, a
+corrupt header, a wav without samples, 44.1-kHz stereo, a 0.5-s clip, 300 samples and 48-kHz
+silence. Here: clipped and over-range audio, 16-kHz silence, a 10-minute clip, 8/22.05/48 kHz,
+multichannel and anti-phase stereo, one sample, other encodings in a .wav name, a file cut
+short, NaN samples, a damaged header, random bytes behind a RIFF header, a dangling link, a
+clip too long to decode, and a worker process that dies; through both packing backends and
+the ``devinet features`` command.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devinet import features as F
+from devinet.cli import main
+from devinet.errors import DevinetError
+from experiments import packing as P
+
+soundfile = pytest.importorskip("soundfile")
+pytest.importorskip("h5py")
+
+SILENCE = math.log(F.LOG_OFFSET)
+
+
+def _noise(rng, samples: int, channels: int | None = None, scale: float = 0.1) -> np.ndarray:
+    return rng.standard_normal(samples if channels is None else (samples, channels)) * scale
+
+
+def _write_bad_folder(root: Path) -> Path:
+    """One clip per kind of bad audio; names say what each is."""
+    rng = np.random.default_rng(9)
+    wav = root / "wav"
+    wav.mkdir(parents=True)
+    soundfile.write(wav / "clipped_int16.wav", np.clip(_noise(rng, 160000, scale=3.0), -1, 1), 16000, subtype="PCM_16")
+    soundfile.write(wav / "overrange_float.wav", _noise(rng, 160000, scale=3.0), 16000, subtype="FLOAT")
+    soundfile.write(wav / "silent_16k.wav", np.zeros(160000), 16000, subtype="PCM_16")
+    soundfile.write(wav / "very_long_10min.wav", _noise(rng, 16000 * 600), 16000, subtype="PCM_16")
+    soundfile.write(wav / "rate_8k.wav", _noise(rng, 80000), 8000)
+    soundfile.write(wav / "rate_22050.wav", _noise(rng, 220500), 22050)
+    soundfile.write(wav / "rate_48k.wav", _noise(rng, 480000), 48000)
+    soundfile.write(wav / "rate_48k_stereo.wav", _noise(rng, 480000, 2), 48000)
+    soundfile.write(wav / "six_channels.wav", _noise(rng, 160000, 6), 16000)
+    left = _noise(rng, 160000)
+    soundfile.write(wav / "antiphase_stereo.wav", np.stack([left, -left], axis=1), 16000, subtype="FLOAT")
+    soundfile.write(wav / "one_sample.wav", _noise(rng, 1), 16000)
+    soundfile.write(wav / "flac_inside.wav", _noise(rng, 32000), 16000, format="FLAC")
+    soundfile.write(wav / "unsigned_8bit.wav", _noise(rng, 32000), 16000, subtype="PCM_U8")
+    soundfile.write(root / "whole.wav", _noise(rng, 160000), 16000, subtype="PCM_16")
+    whole = (root / "whole.wav").read_bytes()
+    (wav / "cut_short.wav").write_bytes(whole[: len(whole) // 2])
+    (wav / "header_cut.wav").write_bytes(whole[:30])
+    (wav / "riff_then_garbage.wav").write_bytes(whole[:12] + rng.bytes(4096))
+    (wav / "random_bytes.wav").write_bytes(rng.bytes(4096))
+    samples = _noise(rng, 2000)
+    samples[1000] = np.nan
+    soundfile.write(wav / "nan_samples.wav", samples, 16000, subtype="FLOAT")
+    os.symlink(root / "nowhere.wav", wav / "dangling_link.wav")
+    (wav / "a_folder.wav").mkdir()  # not a clip: ignored
+    return wav
+
+
+#: clip -> frames before padding/truncation
+PACKED = {
+    "antiphase_stereo": 240, "clipped_int16": 240, "cut_short": 119, "flac_inside": 47, "one_sample": 1,
+    "overrange_float": 240, "rate_22050": 240, "rate_48k": 240, "rate_48k_stereo": 240, "rate_8k": 240,
+    "silent_16k": 240, "six_channels": 240, "unsigned_8bit": 47, "very_long_10min": 14457,
+}
+#: clip -> (kind, words of the recorded reason)
+SKIPPED = {
+    "dangling_link": ("missing", "no such audio file"),
+    "header_cut": ("unreadable", "cannot decode audio"),
+    "nan_samples": ("unreadable", "non-finite audio samples"),
+    "random_bytes": ("unreadable", "cannot decode audio"),
+    "riff_then_garbage": ("unreadable", "cannot decode audio"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory) -> Path:
+    return _write_bad_folder(tmp_path_factory.mktemp("bad_audio"))
+
+
+@pytest.fixture(scope="module")
+def packed(bad_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed") / "bad.h5"
+    result = P.pack_split(bad_folder, out, jobs=1, chunk_size=4, progress=False)
+    return result, P.load_packed(out)
+
+
+def test_every_clip_is_packed_or_skipped_with_a_reason(packed):
+    result, split = packed
+    assert dict(zip(split.names, split.n_frames.tolist())) == PACKED
+    assert {s.key: s.kind for s in result.skipped} == {key: kind for key, (kind, _) in SKIPPED.items()}
+    for item in result.skipped:
+        assert SKIPPED[item.key][1] in item.detail, item
+    assert P.read_skipped(result.path) == result.skipped  # the record travels with the file
+    assert np.isfinite(split.features).all()
+
+
+def test_packed_bad_audio_equals_the_reference_extraction(bad_folder, packed):
+    _, split = packed
+    for name, row in zip(split.names, split.features):
+        np.testing.assert_array_equal(row, F.pad_or_truncate(F.extract_logmel(bad_folder / f"{name}.wav")), name)
+
+
+def test_silence_and_antiphase_stereo_give_the_log_floor(packed):
+    """Digital silence is valid audio (log(0 + 1e-8)); anti-phase channels average to silence, as in the original."""
+    _, split = packed
+    for name in ("silent_16k", "antiphase_stereo"):
+        np.testing.assert_allclose(split.features[split.names.index(name)], SILENCE, rtol=1e-6)
+
+
+def test_clipped_and_overrange_audio_is_kept_finite(bad_folder, packed):
+    _, split = packed
+    clipped = split.features[split.names.index("clipped_int16")]
+    overrange = split.features[split.names.index("overrange_float")]
+    assert clipped.max() < overrange.max()  # over-range float samples are not clipped away
+    audio, _ = F.read_audio(bad_folder / "overrange_float.wav")
+    assert np.abs(audio).max() > 1.0
+
+
+def test_very_long_clip_keeps_its_first_ten_seconds_and_its_length(bad_folder, packed):
+    _, split = packed
+    row = split.names.index("very_long_10min")
+    assert split.n_frames[row] == F.num_frames(16000 * 600)
+    audio, rate = soundfile.read(bad_folder / "very_long_10min.wav", frames=F.N_FFT + (F.FRAMES - 1) * F.HOP)
+    np.testing.assert_array_equal(split.features[row], F.extract_logmel(audio, rate)[: F.FRAMES])
+
+
+def test_other_rates_and_channel_counts(bad_folder, packed):
+    _, split = packed
+    for name, channels in (("rate_8k", 1), ("rate_48k", 1), ("rate_48k_stereo", 2), ("six_channels", 6)):
+        audio, rate = soundfile.read(bad_folder / f"{name}.wav", always_2d=True)
+        assert audio.shape[1] == channels
+        expected = F.pad_or_truncate(F.extract_logmel(audio.mean(axis=1) if channels > 1 else audio[:, 0], rate))
+        np.testing.assert_allclose(split.features[split.names.index(name)], expected, rtol=0, atol=1e-5)
+    # 8 kHz audio has nothing above 4 kHz: the upper mel bands sit near the floor
+    eight = split.features[split.names.index("rate_8k")]
+    assert eight[:, -8:].mean() < eight[:, :32].mean() - 5
+
+
+def test_torch_backend_packs_and_skips_the_same_clips(bad_folder, packed, tmp_path):
+    result, split = packed
+    torch_result = P.pack_split(bad_folder, tmp_path / "torch.h5", jobs=1, chunk_size=4, backend="torch",
+                                progress=False)
+    torch_split = P.load_packed(torch_result.path)
+    assert torch_split.names == split.names
+    np.testing.assert_array_equal(torch_split.n_frames, split.n_frames)
+    assert torch_result.skipped == result.skipped
+    np.testing.assert_allclose(torch_split.features, split.features, rtol=0, atol=2e-3)
+
+
+def test_clip_too_long_to_decode_is_skipped_not_fatal(bad_folder, tmp_path, monkeypatch):
+    """A clip whose decoding would exhaust memory is skipped on record before it is decoded."""
+    monkeypatch.setattr(P, "MAX_SECONDS", 60.0)
+    result = P.pack_split(bad_folder, tmp_path / "x.h5", jobs=1, chunk_size=4, progress=False)
+    reasons = {s.key: (s.kind, s.detail) for s in result.skipped}
+    kind, detail = reasons["very_long_10min"]
+    assert kind == "unreadable" and "too long to decode: 600 s" in detail and "60 s" in detail
+    assert "very_long_10min" not in P.load_packed(result.path).names
+
+
+def test_cli_lists_every_skipped_clip_and_why(bad_folder, tmp_path, capsys):
+    out = tmp_path / "bad.h5"
+    code = main(["features", "--wav-dir", str(bad_folder), "--out", str(out), "--jobs", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"packed {len(PACKED)} clips" in captured.out
+    assert f"skipped {len(SKIPPED)} (1 missing, 0 empty, 4 unreadable)" in captured.out
+    lines = captured.err.splitlines()
+    for key, (kind, reason) in SKIPPED.items():
+        assert any(line.startswith(f"  skipped {key}: {kind}: ") and reason in line for line in lines), key
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.slow
+def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed, tmp_path, capsys, monkeypatch):
+    """A worker process killed mid-run (as the out-of-memory killer would): one line naming the output,
+    the finished chunks kept, and the rerun completes with the same file as an uninterrupted run."""
+    import signal
+    import threading
+
+    pools = []
+    real_pool = P._pool
+
+    def recording_pool(workers):
+        pools.append(real_pool(workers))
+        return pools[-1]
+
+    def kill_a_worker() -> None:
+        while not (pools and getattr(pools[0], "_processes", None)):
+            threading.Event().wait(0.01)
+        os.kill(next(iter(pools[0]._processes)), signal.SIGKILL)
+
+    monkeypatch.setattr(P, "_pool", recording_pool)
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    out = tmp_path / "bad.h5"
+    argv = ["features", "--wav-dir", str(bad_folder), "--out", str(out), "--jobs", "2", "--chunk-size", "2",
+            "--no-progress"]
+    code = main(argv)
+    killer.join(timeout=60)
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert str(out) in err[0] and "worker process died" in err[0] and "run the same command again" in err[0]
+    assert not out.exists()
+    monkeypatch.setattr(P, "_pool", real_pool)
+    assert main(argv) == 0
+    again = P.load_packed(out)
+    assert again.names == packed[1].names
+    np.testing.assert_array_equal(again.features, packed[1].features)
+    assert P.read_skipped(out) == packed[0].skipped
