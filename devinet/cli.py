@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "convert": ("parity.cli_convert", "convert a checkpoint between Keras files and devinet"),
     "parity": ("parity.cli_parity", "compare a Keras file with devinet layer by layer"),
     "features": ("experiments.features_cli", "pack a folder of wav clips into an HDF5 log-mel file"),
+    "synth": ("experiments.synth_cli", "generate the built-in synthetic DCASE 2017 Task 4 stand-in"),
     "evaluate": ("experiments.evaluate_cli", "score predictions with the official DCASE 2017 Task 4 metrics"),
     "reproduce": ("experiments.reproduce", "run the paper's weak-label experiments end to end"),
     "bench": ("experiments.bench", "benchmark devinet against the Keras reference"),

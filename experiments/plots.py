@@ -81,7 +81,7 @@ def plot_per_class_f1(systems: Mapping[str, Mapping[str, Any]], path: str | os.P
             ax.axhline(value, color="black", ls="--", lw=1, label=label)
         ax.set(ylabel="F1", ylim=(0, 1.05), title=title)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, loc="upper right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[1].set_xticks(x)
     axes[1].set_xticklabels(classes, rotation=40, ha="right", fontsize=8)
     return _save(fig, path)

@@ -338,7 +338,8 @@ def plan_clip(split: str, index: int, seed: int = DEFAULT_SEED) -> ClipPlan:
         if event is not None:
             placed.append(event)
     events = tuple(sorted(placed, key=lambda event: (event.onset_ms, CLASSES.index(event.label))))
-    return ClipPlan(split=split, index=index, primary=primary, youtube_id=fake_youtube_id(seed, split, index), start=start,
+    return ClipPlan(split=split, index=index, primary=primary, youtube_id=fake_youtube_id(seed, split, index),
+                    start=start,
                     events=events, background_dbfs=float(rng.uniform(*BACKGROUND_DBFS)),
                     background_seed=int(rng.integers(2**63)))
 

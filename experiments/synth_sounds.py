@@ -482,7 +482,9 @@ def screaming(rng: np.random.Generator, n: int, sr: int = SR) -> np.ndarray:
         m = stop - start - breath
         t = _time(m, sr)
         peak = _log_uniform(rng, 400, 1100)
-        contour = 0.7 + 0.3 * np.minimum(1, t / (0.2 * t[-1] + 1e-9)) - 0.2 * np.maximum(0, (t - 0.7 * t[-1]) / (0.3 * t[-1] + 1e-9))
+        rise = np.minimum(1, t / (0.2 * t[-1] + 1e-9))
+        fall = np.maximum(0, (t - 0.7 * t[-1]) / (0.3 * t[-1] + 1e-9))
+        contour = 0.7 + 0.3 * rise - 0.2 * fall
         vibrato = 1 + _uniform(rng, 0.005, 0.03) * np.sin(2 * np.pi * _uniform(rng, 4, 8) * t)
         jitter = 1 + 0.01 * smooth_curve(rng, m, sr, 20)
         f0 = peak * contour * vibrato * jitter
@@ -625,7 +627,8 @@ def train(rng: np.random.Generator, n: int, sr: int = SR) -> np.ndarray:
     speed, car_length = _uniform(rng, 8, 30), _uniform(rng, 14, 26)
     axle, bogies = _uniform(rng, 2.2, 3.0) / speed, car_length * _uniform(rng, 0.65, 0.75) / speed
     cars = np.arange(-rng.uniform(0, car_length / speed), duration, car_length / speed)
-    hits = np.concatenate([cars, cars + axle, cars + bogies, cars + bogies + axle]) + rng.normal(0, 0.002, 4 * cars.size)
+    hits = np.concatenate([cars, cars + axle, cars + bogies, cars + bogies + axle])
+    hits += rng.normal(0, 0.002, hits.size)
     click_length = int(0.1 * sr)
     click = (damped_modes(click_length, sr, [(_uniform(rng, 120, 350), 0.025, 1.0),
                                              (_uniform(rng, 600, 1500), 0.008, 0.5)], rng)
@@ -640,7 +643,8 @@ def train(rng: np.random.Generator, n: int, sr: int = SR) -> np.ndarray:
     if rng.random() < 0.35:  # diesel locomotive
         firing = _rpm_track(rng, n, sr, 25, 40, 0.05)
         modes = [(_uniform(rng, 40, 90), 0.03, 1.0), (_uniform(rng, 200, 350), 0.01, 0.4)]
-        out += _uniform(rng, 0.3, 0.6) * _unit_rms(_engine(rng, n, sr, firing, tuple(np.arange(8) / 8), 0.08, modes, 0.2))
+        level = _uniform(rng, 0.3, 0.6)
+        out += level * _unit_rms(_engine(rng, n, sr, firing, tuple(np.arange(8) / 8), 0.08, modes, knock=0.2))
     if rng.random() < 0.5:  # approaching or leaving
         t = _time(n, sr)
         centre = _uniform(rng, -0.2, 1.2) * duration

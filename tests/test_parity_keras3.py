@@ -1,4 +1,4 @@
-"""keras_reference (Keras 3) <-> devinet through files, all three presets, both directions, layer by layer.
+"""keras_reference (Keras 3) <-> devinet through files, every preset, both directions, layer by layer.
 
 Weights are random everywhere (BatchNorm statistics included) and set on each side by its own
 framework: Keras variables by Keras, devinet parameters by torch. float32 runs use the issue's
@@ -23,8 +23,8 @@ from parity.keras3_files import build_keras_model, keras_variables, load_keras_m
 
 pytestmark = pytest.mark.keras
 
-PRESETS = ["cvssp_crnn_at", "cvssp_crnn_sed", "cvssp_cnnrnn_at"]
-#: every preset, the two besides crnn_at marked slow (TensorFlow model building dominates the time)
+PRESETS = ["cvssp_crnn_at", "cvssp_crnn_sed", "cvssp_cnnrnn_at", "cvssp_crnn_baseline"]
+#: every preset, all but crnn_at marked slow (TensorFlow model building dominates the time)
 ALL_PRESETS = ["cvssp_crnn_at"] + [pytest.param(p, marks=pytest.mark.slow) for p in PRESETS[1:]]
 
 

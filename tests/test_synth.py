@@ -57,7 +57,8 @@ def test_same_seed_gives_identical_bytes_whatever_the_jobs(tiny, tmp_path):
     plans = {split: synth.plan_split(split, "tiny") for split in synth.SPLITS}
     for relative, (split, writer) in synth.METADATA_FILES.items():
         assert (tiny / relative).read_bytes() == writer(plans[split]).encode("utf-8"), relative
-    assert synth.read_dataset_info(tiny) == json.loads(json.dumps(synth._dataset_info(synth.SIZES["tiny"], synth.DEFAULT_SEED, plans)))
+    expected = synth._dataset_info(synth.SIZES["tiny"], synth.DEFAULT_SEED, plans)
+    assert synth.read_dataset_info(tiny) == json.loads(json.dumps(expected))
 
 
 def test_in_memory_clip_equals_the_written_file(tiny):
@@ -78,7 +79,8 @@ def test_train_and_test_are_disjoint(tiny):
     test_audio = {d for name, d in digests.items() if name.startswith("audio/test/")}
     assert len(train_audio) == len(train) and len(test_audio) == len(test)
     assert not train_audio & test_audio
-    streams = {split: data["seed_stream"] for split, data in json.loads((tiny / "dataset.json").read_text())["splits"].items()}
+    splits = json.loads((tiny / "dataset.json").read_text())["splits"]
+    streams = {split: data["seed_stream"] for split, data in splits.items()}
     assert streams["train"] != streams["test"]
 
 
@@ -195,7 +197,8 @@ def _siren_features(x: np.ndarray) -> dict[str, float]:
     pitch = np.log(_pitch_track(x))
     speed = np.abs(np.diff(pitch)) / (256 / SR)  # |d log f / dt| per second
     return {"pitch": float(np.exp(np.median(pitch))), "steady": float(np.mean(speed < 0.05)),
-            "speed": float(np.median(speed)), "range": float(np.exp(np.percentile(pitch, 95) - np.percentile(pitch, 5)))}
+            "speed": float(np.median(speed)),
+            "range": float(np.exp(np.percentile(pitch, 95) - np.percentile(pitch, 5)))}
 
 
 def test_sirens_have_their_own_modulation_patterns():
