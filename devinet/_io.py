@@ -47,7 +47,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             os.fsync(handle.fileno())
         # mkstemp creates 0600 files; give the result the mode a plain open() would have.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:  # named after the destination, not the temporary file
+            raise FileFormatError(path, f"cannot be written ({exc.strerror or exc})") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

@@ -8,7 +8,7 @@ Presets:
 - ``cvssp_crnn_at``: main_crnn_at.py of the original (mean pooling over 30 frames).
 - ``cvssp_crnn_sed``: main_crnn_sed.py (attention pooling over 240 frames).
 - ``cvssp_cnnrnn_at``: main_cnnrnn_at.py (different last pools, mean pooling).
-- ``cvssp_crnn_baseline``: the paper's non-gated CRNN (conv-BN-ReLU, one tanh BiGRU), crnn_at geometry.
+- ``cvssp_crnn_baseline``: the paper's non-gated CRNN (main_cnnrnn_balbatch_norm_baseline_icassp2018.py).
 - ``pyannote_devinet``: the older pyannote port's configuration keys, bugs fixed.
 
 The original scripts build eight gated blocks but the eighth is dead (its output is never
@@ -45,7 +45,8 @@ class DeviNetConfig:
         conv_groups: number of conv blocks in each pooled group.
         conv_channels: channels of each block's output (a gated block's conv makes twice this).
         pools: (time, mel) max-pooling after each group; one per group.
-        gated_conv: gated (GLU) blocks, or conv-BN-ReLU blocks for the non-gated baseline.
+        gated_conv: gated (GLU) blocks, or conv-BN-activation blocks for the non-gated baseline.
+        conv_activation: activation of non-gated blocks ('linear' in the original baseline, or 'relu').
         kernel_size: conv kernel size (square, 'same' padding).
         final_conv_channels: channels of the final conv (ReLU, with bias); 0 for none.
         final_pool: (time, mel) pooling after the final conv; the mel axis must end at 1.
@@ -67,6 +68,7 @@ class DeviNetConfig:
     conv_channels: int = 64
     pools: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2), (1, 2))
     gated_conv: bool = True
+    conv_activation: str = "relu"
     kernel_size: int = 3
     final_conv_channels: int = 256
     final_pool: Pool = (1, 4)
@@ -115,6 +117,8 @@ class DeviNetConfig:
             problems.append(f"head must be 'mean' or 'attention', got {self.head!r}")
         if self.rnn_recurrent_activation not in ("keras2_hard_sigmoid", "sigmoid"):
             problems.append("rnn_recurrent_activation must be 'keras2_hard_sigmoid' or 'sigmoid'")
+        if self.conv_activation not in ("linear", "relu"):
+            problems.append(f"conv_activation must be 'linear' or 'relu', got {self.conv_activation!r}")
         if self.rnn_activation not in ("tanh", "linear", "sigmoid", "relu"):
             problems.append(f"unknown rnn_activation {self.rnn_activation!r}")
         if not problems:
@@ -248,15 +252,16 @@ def cvssp_cnnrnn_at(blocks: int = 7, **overrides: Any) -> DeviNetConfig:
 
 
 def cvssp_crnn_baseline(blocks: int = 7, **overrides: Any) -> DeviNetConfig:
-    """The paper's non-gated CRNN baseline on the crnn_at geometry.
+    """The paper's non-gated CRNN baseline, as main_cnnrnn_balbatch_norm_baseline_icassp2018.py built it.
 
-    Each block is conv-BN-ReLU with as many maps as a gated block's convolution (128)
-    instead of conv-BN-GLU, and the recurrent part is one tanh BiGRU instead of the gated
-    pair; pools, final conv and the mean head are crnn_at's.
+    Seven live blocks of Conv2D(64, 3x3, no bias, linear) -> BatchNorm with no nonlinearity
+    (the 8th is dead as in the other scripts), the cnnrnn_at poolings, the same final conv,
+    one Bidirectional(GRU(128, activation='relu')) and the mean head.
     """
-    overrides = {"conv_channels": 128, "gated_conv": False, "gated_rnn": False, **overrides}
+    overrides = {"conv_channels": 64, "gated_conv": False, "conv_activation": "linear", "gated_rnn": False,
+                 "rnn_activation": "relu", **overrides}
     return DeviNetConfig(name="cvssp_crnn_baseline", conv_groups=_blocks_to_groups(blocks),
-                         pools=((2, 2), (2, 2), (2, 2), (1, 2)), final_pool=(1, 4), head="mean", **overrides)
+                         pools=((2, 2), (2, 2), (2, 2), (1, 3)), final_pool=(1, 2), head="mean", **overrides)
 
 
 #: the older port's configuration keys and the defaults it documented (its list defaults of None crashed)

@@ -119,16 +119,26 @@ class GatedConvBlock(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """Non-gated baseline block: Conv2d (no bias) -> BatchNorm -> ReLU, (N, C_in, T, F) -> (N, C, T, F)."""
+    """Non-gated block: Conv2d (no bias) -> BatchNorm -> activation, (N, C_in, T, F) -> (N, C, T, F).
+
+    The original ICASSP 2018 baseline (main_cnnrnn_balbatch_norm_baseline_icassp2018.py) uses
+    ``activation='linear'``: its blocks are conv -> BatchNorm with no nonlinearity.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM):
+                 bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM,
+                 activation: str = "relu"):
         super().__init__()
+        self.activation = activation
+        self._act = get_activation(activation)
         self.conv = Conv2dAct(in_channels, out_channels, kernel_size, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x)))
+        return self._act(self.bn(self.conv(x)))
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}"
 
 
 # ---------------------------------------------------------------------------------------------

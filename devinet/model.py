@@ -51,7 +51,11 @@ class DeviNet(nn.Module):
             raise TypeError(f"DeviNet needs a DeviNetConfig, got {type(config).__name__}")
         self.config = config
         c = config
-        block = GatedConvBlock if c.gated_conv else ConvBlock
+        if c.gated_conv:
+            block = GatedConvBlock
+        else:
+            def block(*args):
+                return ConvBlock(*args, activation=c.conv_activation)
         blocks, pools = [], []
         in_ch = 1
         for n_blocks, pool in zip(c.conv_groups, c.pools):

@@ -409,7 +409,7 @@ def _forward(runner: Runner, sizes: Sizes, name: str, with_keras: bool, peak_gfl
     return result
 
 
-def _train_step(runner: Runner, sizes: Sizes, name: str, with_keras: bool) -> dict[str, Any]:
+def _train_step(runner: Runner, sizes: Sizes, name: str, with_keras: bool, peak_gflops: float) -> dict[str, Any]:
     import torch
 
     from experiments.train import keras_bce
@@ -436,8 +436,15 @@ def _train_step(runner: Runner, sizes: Sizes, name: str, with_keras: bool) -> di
     timings = runner.compare(f"{name} training step", contenders, sizes.warmup, sizes.model_repeats)
     result: dict[str, Any] = {"timing": {k: asdict(v) for k, v in timings.items()},
                               "recipe": "Adam(lr 1e-3, eps 1e-8), Keras binary cross-entropy on the clip output"}
+    # A training step costs about three forwards: the backward of a convolution or matmul is
+    # two products of the forward's size (input and weight gradients).
+    flops = 3 * forward_flops(model.config, sizes.frames)["total"]
+    result["flops_per_clip_estimate"] = flops
     for key, timing in timings.items():
         result[f"{key}_clips_per_s"] = timing.rate(sizes.batch)
+        gflops = flops * sizes.batch / timing.median_s / 1e9
+        result[f"{key}_gflop_per_s_estimate"] = gflops
+        result[f"{key}_fraction_of_matmul_peak_estimate"] = gflops / peak_gflops
     if keras_model is not None:
         result["speedup_vs_keras"] = timings["keras"].median_s / timings["devinet"].median_s
     return result
@@ -620,7 +627,7 @@ def run(args: argparse.Namespace) -> int:
         peak = _matmul_peak(runner, sizes)
         gru = _gru(runner, sizes)
         forward = {name: _forward(runner, sizes, name, with_keras, peak["gflop_per_s"]["median"]) for name in MODELS}
-        train = {name: _train_step(runner, sizes, name, with_keras) for name in MODELS}
+        train = {name: _train_step(runner, sizes, name, with_keras, peak["gflop_per_s"]["median"]) for name in MODELS}
         memory = {name: _train_memory(runner, sizes, name, threads) for name in MODELS}
         features = _features(runner, sizes)
     finally:
@@ -684,7 +691,8 @@ def _print_summary(report: dict[str, Any]) -> None:
               f"{_fmt(f['devinet_channels_last_clips_per_s']['median'], '.1f')}, keras predict "
               f"{_fmt(f.get('keras_predict_clips_per_s', {}).get('median'), '.1f')}, keras call "
               f"{_fmt(f.get('keras_call_clips_per_s', {}).get('median'), '.1f')}; devinet "
-              f"{_fmt(f['devinet_gflop_per_s'], '.1f')} GFLOP/s ({_fmt(100 * f['devinet_fraction_of_matmul_peak'], '.0f')}% of peak)")
+              f"{_fmt(f['devinet_gflop_per_s'], '.1f')} GFLOP/s ({_fmt(100 * f['devinet_fraction_of_matmul_peak'], '.0f')}% of "
+              f"peak), keras predict {_fmt(100 * f.get('keras_predict_fraction_of_matmul_peak', math.nan), '.0f')}%")
     for name, s in report["train_step"].items():
         print(f"{name} training step clips/s: devinet {_fmt(s['devinet_clips_per_s']['median'], '.1f')}, keras "
               f"{_fmt(s.get('keras_clips_per_s', {}).get('median'), '.1f')}")

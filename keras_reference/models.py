@@ -10,8 +10,8 @@ Layer names are stable and equal to devinet's module names with '.' replaced by 
 
 - ``input`` (N, T, 64), then ``to_image`` Reshape -> (N, T, 64, 1); cnnrnn_at takes
   (N, T, 64, 1) directly, as its script did;
-- ``gcnn_{i}_conv`` / ``gcnn_{i}_bn`` / ``gcnn_{i}_glu`` per gated block (baseline:
-  ``gcnn_{i}_relu`` instead of the GLU);
+- ``gcnn_{i}_conv`` / ``gcnn_{i}_bn`` / ``gcnn_{i}_glu`` per gated block (the baseline's
+  blocks end at their BatchNorm: the original has no nonlinearity there);
 - ``pool_{j}`` after each group of blocks; ``final_conv`` (256, ReLU, bias), ``final_pool``,
   ``to_sequence`` Reshape -> (N, T', 256);
 - ``rnn_0_linear`` and ``rnn_0_sigmoid`` bidirectional GRUs multiplied in ``rnn_0_gate``
@@ -57,14 +57,15 @@ class Preset:
     """One original model: its script and the choices that tell it from the others.
 
     Attributes:
-        script: the original training script it reproduces ('' for the baseline, which
-            follows devinet's cvssp_crnn_baseline preset rather than a script).
+        script: the original training script it reproduces.
         pools: (time, mel) max-pooling after each of the four groups of blocks.
         final_pool: (time, mel) max-pooling after the final conv.
         head: 'mean' (clip = mean of frame outputs) or 'attention'.
         image_input: the input is (T, 64, 1) with no Reshape (main_cnnrnn_at.py).
         gated: gated blocks and gated BiGRU; False gives the paper's non-gated CRNN baseline.
         block_channels: channels of each block's output (a gated conv makes twice as many).
+        block_activation: activation after a non-gated block's BatchNorm ('linear': none).
+        rnn_activation: candidate activation of the non-gated model's single BiGRU.
     """
 
     script: str
@@ -74,6 +75,8 @@ class Preset:
     image_input: bool = False
     gated: bool = True
     block_channels: int = 64
+    block_activation: str = "relu"
+    rnn_activation: str = "tanh"
 
 
 PRESETS: dict[str, Preset] = {
@@ -81,10 +84,12 @@ PRESETS: dict[str, Preset] = {
     "cvssp_crnn_sed": Preset("main_crnn_sed.py", ((1, 2), (1, 2), (1, 2), (1, 2)), (1, 4), "attention"),
     "cvssp_cnnrnn_at": Preset("main_cnnrnn_at.py", ((2, 2), (2, 2), (2, 2), (1, 3)), (1, 2), "mean",
                               image_input=True),
-    # The paper's non-gated CRNN, as devinet's cvssp_crnn_baseline preset: the crnn_at
-    # geometry with conv-BN-ReLU blocks of 128 maps (a gated conv's width) and one tanh BiGRU.
-    "cvssp_crnn_baseline": Preset("", ((2, 2), (2, 2), (2, 2), (1, 2)), (1, 4), "mean", gated=False,
-                                  block_channels=128),
+    # The paper's non-gated CRNN: conv(64, linear) -> BN blocks with no nonlinearity, the
+    # cnnrnn_at poolings and input, one Bidirectional(GRU(128, activation='relu')), mean head.
+    "cvssp_crnn_baseline": Preset("main_cnnrnn_balbatch_norm_baseline_icassp2018.py",
+                                  ((2, 2), (2, 2), (2, 2), (1, 3)), (1, 2), "mean", image_input=True,
+                                  gated=False, block_channels=64, block_activation="linear",
+                                  rnn_activation="relu"),
 }
 
 
@@ -137,7 +142,7 @@ def build(name: str, *, blocks: int = 7, num_classes: int = NUM_CLASSES, n_frame
         sigmoid = _bigru("rnn_0_sigmoid", "sigmoid")(x)
         x = layers.Multiply(name="rnn_0_gate")([linear, sigmoid])
     else:
-        x = _bigru("rnn_0_gru", "tanh")(x)
+        x = _bigru("rnn_0_gru", preset.rnn_activation)(x)
 
     cla = _time_dense("head_frame", num_classes, "sigmoid")(x)
     if preset.head == "mean":
@@ -160,14 +165,16 @@ def _check_mel_pooling(name: str, preset: Preset, n_mels: int) -> None:
 
 
 def _conv_block(x, index: int, preset: Preset):
-    """Gated block: Conv2D(2C, 3x3, same, no bias) -> BN -> GLU; baseline: Conv2D(C) -> BN -> ReLU."""
+    """Gated block: Conv2D(2C, 3x3, same, no bias) -> BN -> GLU; baseline: Conv2D(C) -> BN [-> ReLU]."""
     prefix = f"gcnn_{index}"
     filters = 2 * preset.block_channels if preset.gated else preset.block_channels
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
     x = layers.BatchNormalization(axis=-1, name=f"{prefix}_bn")(x)
     if preset.gated:
         return GLU(name=f"{prefix}_glu")(x)
-    return layers.Activation("relu", name=f"{prefix}_relu")(x)
+    if preset.block_activation == "linear":
+        return x
+    return layers.Activation(preset.block_activation, name=f"{prefix}_{preset.block_activation}")(x)
 
 
 def _bigru(name: str, activation: str) -> layers.Bidirectional:

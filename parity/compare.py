@@ -61,11 +61,13 @@ def probe_points(model: DeviNet) -> dict[str, tuple[str, str]]:
     """Canonical layer -> (module name, 'output' | 'input' | 'clipwise') that holds its value."""
     c = model.config
     points: dict[str, tuple[str, str]] = {"to_image": ("gcnn.0", "input")}
-    block_out = "glu" if c.gated_conv else "relu"
+    # A linear non-gated block (the original baseline) ends at its BatchNorm: no layer of its own.
+    block_out = "glu" if c.gated_conv else (None if c.conv_activation == "linear" else c.conv_activation)
     for i in range(len(model.gcnn)):
         points[f"gcnn_{i}_conv"] = (f"gcnn.{i}.conv", "output")
         points[f"gcnn_{i}_bn"] = (f"gcnn.{i}.bn", "output")
-        points[f"gcnn_{i}_{block_out}"] = (f"gcnn.{i}", "output")
+        if block_out:
+            points[f"gcnn_{i}_{block_out}"] = (f"gcnn.{i}", "output")
     for j in range(len(model.pool)):
         points[f"pool_{j}"] = (f"pool.{j}", "output")
     if model.final_conv is not None:
@@ -168,7 +170,7 @@ def _derive(values: dict[str, torch.Tensor]) -> list[str]:
     before = set(values)
     for role in [r for r in values if re.fullmatch(r"gcnn_\d+_bn", r)]:
         prefix = role[: -len("_bn")]
-        if f"{prefix}_relu" in values:
+        if f"{prefix}_glu" not in values:  # only a gated block splits its BatchNorm output
             continue
         first, second = values[role].chunk(2, dim=1)
         values[f"{prefix}_split_a"], values[f"{prefix}_split_b"] = first, second

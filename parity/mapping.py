@@ -186,7 +186,7 @@ def check_complete(source: str, *, assigned: Mapping[str, Sequence[str]], expect
 # ----------------------------------------------------------------------------- detection
 #: presets a file can be detected as; 'image_input': the Keras model takes (T, F, 1) with no Reshape
 DETECTABLE_PRESETS = ("cvssp_crnn_at", "cvssp_crnn_sed", "cvssp_cnnrnn_at", "cvssp_crnn_baseline")
-IMAGE_INPUT_PRESETS = frozenset({"cvssp_cnnrnn_at"})
+IMAGE_INPUT_PRESETS = frozenset({"cvssp_cnnrnn_at", "cvssp_crnn_baseline"})
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,9 @@ def signature_of(file: KerasFile) -> Signature:
     rec_acts = {_recurrent_activation(layer, file.is_legacy) for layer in rnn_all}
     if len(reset_after) > 1 or len(rec_acts) > 1:
         raise DevinetError(f"{file.path}: all GRUs must share reset_after and recurrent activation")
-    plain_acts = {layer.inner_config().get("activation", "tanh") for layer in rnn_all if layer.role.endswith("_gru")}
+    # Weights-only files carry no config: the activation is then unknown, not Keras' default tanh.
+    plain_acts = {layer.inner_config().get("activation", "tanh") for layer in rnn_all
+                  if layer.role.endswith("_gru") and layer.config}
     has_input_layers = any(layer.class_name in ("InputLayer", "Reshape") for layer in file.layers)
     image_input = None
     if file.input_shape is not None:

@@ -370,3 +370,80 @@ devinet.save(DeviNet(SMALL), {str(destination)!r})
     assert len(stale) == 1 and stale[0].startswith(".m.pt."), stale  # the half-written temporary, never renamed
     devinet.save(DeviNet(SMALL), destination)  # the next save is not disturbed by it
     assert devinet.load(destination).config == SMALL
+
+
+# ---------------------------------------------------------------------- scalers and configs: plain data
+def test_scaler_file_with_a_pickled_payload_is_refused_without_running_it(tmp_path):
+    import numpy as np
+
+    from devinet.features import Scaler
+
+    marker = tmp_path / "marker"
+    payload = np.array([_creates(marker)["os.system"]], dtype=object)
+    np.savez(tmp_path / "control.npz", mean=payload, std=np.ones(1))
+    with np.load(tmp_path / "control.npz", allow_pickle=True) as unsafe:
+        unsafe["mean"]
+    assert marker.exists(), "the payload is not live"
+    marker.unlink()
+    np.savez(tmp_path / "scaler.npz", mean=payload, std=np.ones(1))
+    with pytest.raises(FileFormatError, match=r"scaler.npz: not a scaler file \(Object arrays cannot be loaded"):
+        Scaler.load(tmp_path / "scaler.npz")
+    assert not marker.exists()
+
+
+def _python_tag_yaml(marker: Path) -> str:
+    return f'!!python/object/apply:os.system ["touch {marker}"]\n'
+
+
+def test_yaml_configs_are_read_as_plain_data(tmp_path, capsys):
+    """A size config or a pyannote config.yml with a python tag is refused, and the tag never runs."""
+    yaml = pytest.importorskip("yaml")
+    from devinet.integrations.legacy_config import read_legacy_config
+    from experiments.systems import load_size_config
+
+    marker = tmp_path / "marker"
+    yaml.unsafe_load(_python_tag_yaml(marker))
+    assert marker.exists(), "the payload is not live"
+    marker.unlink()
+    path = tmp_path / "size.yaml"
+    path.write_text(_python_tag_yaml(marker))
+    with pytest.raises(FileFormatError, match=r"size.yaml: not valid YAML \(could not determine a constructor"):
+        load_size_config(path)
+    config = tmp_path / "config.yml"
+    config.write_text("architecture:\n  name: pyannote.models.DeviNet\n  params: " + _python_tag_yaml(marker))
+    with pytest.raises(FileFormatError, match="config.yml: not valid YAML"):
+        read_legacy_config(config)
+    code, _, err = cli(["reproduce", "--config", path, "--out", tmp_path / "out", "--no-progress"], capsys)
+    assert_one_line_refusal(code, err, str(path))
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_binary_yaml_config_is_a_clear_error(tmp_path, capsys):
+    """Random bytes where a size config is expected: one line, no traceback (a UnicodeDecodeError escaped)."""
+    path = tmp_path / "size.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage\x9c" * 20)
+    code, _, err = cli(["reproduce", "--config", path, "--out", tmp_path / "out", "--no-progress"], capsys)
+    assert_one_line_refusal(code, err, str(path))
+
+
+@pytest.fixture()
+def immutable_file(tmp_path):
+    """An existing file that cannot be replaced although its folder is writable (chattr +i; root only)."""
+    path = tmp_path / "locked.pt"
+    path.write_bytes(b"precious")
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_destination_that_cannot_be_replaced_is_named_in_the_error(good, immutable_file):
+    """The rename at the end of an atomic write fails: the error names the destination, the old file stays
+    and the temporary file is gone."""
+    with pytest.raises(FileFormatError, match=r"locked.pt: cannot be written \(Operation not permitted\)") as info:
+        devinet.save(devinet.load(good[0]), immutable_file, force=True)
+    assert str(info.value).startswith(str(immutable_file))
+    assert immutable_file.read_bytes() == b"precious"
+    assert leftovers(immutable_file.parent, {"locked.pt"}) == []

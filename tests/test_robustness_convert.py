@@ -226,6 +226,10 @@ LEGACY = {
     "nan_weights": (_edited(W, _scale("conv2d_9", "bias", np.nan)), "conv2d_9/bias holds NaN or infinite"),
     "inf_weights": (_edited(W, _scale("localization_layer", "kernel", np.inf)),
                     "localization_layer/kernel holds NaN or infinite"),
+    "layer_names_not_a_list": (_edited(W, lambda h, g: g.attrs.__setitem__("layer_names", 7)), "layer_names"),
+    "weight_names_not_a_list": (_edited(W, _set_weight_names("conv2d_9", 7)), "weight_names"),
+    "kernel_of_wrong_rank": (_edited(W, lambda h, g: _replace(g, "conv2d_2", "kernel", np.zeros(9, np.float32))),
+                             "conv2d_2"),
     "weight_name_not_utf8": (_edited(W, _set_weight_names("conv2d_9", [b"conv2d_9/kernel", b"conv2d_9/\xff"])),
                              "conv2d_9"),
 }
