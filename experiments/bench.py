@@ -338,6 +338,7 @@ def _gru(runner: Runner, sizes: Sizes) -> dict[str, Any]:
         "keras2gru": "Keras2GRU(activation='linear', recurrent_activation='keras2_hard_sigmoid', reset_after=False)",
         "inference_ratio_vs_nngru": inference["keras2gru"].median_s / inference["nn_gru"].median_s,
         "train_ratio_vs_nngru": training["keras2gru"].median_s / training["nn_gru"].median_s,
+        "train_ratio_vs_nngru_cpu_time": training["keras2gru"].cpu_median_s / training["nn_gru"].cpu_median_s,
         "gated_bigru_train_ratio_vs_two_nngru": training["gated_bigru"].median_s / (2 * training["nn_gru"].median_s),
         "inference": {k: asdict(v) for k, v in inference.items()},
         "forward_backward": {k: asdict(v) for k, v in training.items()},
@@ -406,6 +407,8 @@ def _forward(runner: Runner, sizes: Sizes, name: str, with_keras: bool, peak_gfl
         for key in ("devinet", "devinet_channels_last"):
             result[f"{key}_speedup_vs_keras_predict"] = timings["keras_predict"].median_s / timings[key].median_s
             result[f"{key}_speedup_vs_keras_call"] = timings["keras_call"].median_s / timings[key].median_s
+            result[f"{key}_speedup_vs_keras_predict_cpu_time"] = (timings["keras_predict"].cpu_median_s
+                                                                  / timings[key].cpu_median_s)
     return result
 
 
@@ -447,6 +450,7 @@ def _train_step(runner: Runner, sizes: Sizes, name: str, with_keras: bool, peak_
         result[f"{key}_fraction_of_matmul_peak_estimate"] = gflops / peak_gflops
     if keras_model is not None:
         result["speedup_vs_keras"] = timings["keras"].median_s / timings["devinet"].median_s
+        result["speedup_vs_keras_cpu_time"] = timings["keras"].cpu_median_s / timings["devinet"].cpu_median_s
     return result
 
 
@@ -654,6 +658,8 @@ def run(args: argparse.Namespace) -> int:
         "quick": bool(args.quick),
         "device": args.device,
         **summary,
+        "cpu_time_note": ("*_cpu_time ratios compare process CPU seconds; with one thread per framework they "
+                          "are insensitive to other jobs sharing the machine (wall-clock ratios are not)"),
         "summary_rule": ("each headline figure is the least favourable over crnn_at and crnn_sed (memory: the "
                          "largest); speedups and ratios are of median wall-clock times measured interleaved"),
         "goals": _goals(summary),

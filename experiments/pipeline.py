@@ -480,12 +480,13 @@ def reproduce(options: Options) -> dict:
         for name in ("results.json", "results.md"):
             (options.out / name).unlink(missing_ok=True)
         shutil.rmtree(options.work_dir / "predictions", ignore_errors=True)
-    if options.threads is None:
+    wanted = options.threads or options.size.torch_threads
+    if wanted is None:
         return _run_stages(options, began)
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(options.threads)
+    torch.set_num_threads(wanted)
     try:
         return _run_stages(options, began)
     finally:

@@ -121,8 +121,9 @@ def plot_clip_example(clip: Mapping[str, Any], path: str | os.PathLike, max_rows
         ax.set_ylabel(label if len(label) < 18 else label[:16] + "…", fontsize=8, rotation=0, ha="right", va="center")
         ax.grid(alpha=0.2)
     if rows:
-        axes[1].legend(fontsize=7, ncol=len(frames), loc="upper right",
-                       title="frame probabilities (grey: strong labels; dotted: threshold)", title_fontsize=7)
+        axes[-1].legend(fontsize=8, ncol=len(frames), loc="upper center", bbox_to_anchor=(0.5, -0.5),
+                        title="frame probabilities per system (grey: strong labels; dotted: threshold)",
+                        title_fontsize=8)
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(0, t_end)
     return _save(fig, path)

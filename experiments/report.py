@@ -128,7 +128,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         f"{training['learning_rate']:g}), balanced batches of {training['batch_size']}, {training['epochs']} "
         f"epochs of {training['iterations_per_epoch']} iterations, predictions fused over the last "
         f"{training['fused_checkpoints']} epochs' checkpoints; models at width {size['width']:g} of the paper's "
-        f"(1 = the paper's models); seed {results['seed']}.",
+        f"(1 = the paper's models)" + "".join(f", {key} {value}" for key, value in size["model_overrides"].items())
+        + f"; seed {results['seed']}.",
         "",
         "## Our results (testing split)",
         "",

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes for data generation and features (default: all cores)")
     parser.add_argument("--device", default="cpu", help="torch device for training and prediction (default cpu)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads for training and prediction (default: torch's choice, one per core)")
+                        help="torch CPU threads for training and prediction (default: the size's torch_threads, "
+                             "1 for tiny and quick; else torch's choice, one per core)")
     parser.add_argument("--no-deterministic", dest="deterministic", action="store_false",
                         help="allow non-deterministic torch algorithms (faster on some GPUs)")
     parser.add_argument("--force", action="store_true",

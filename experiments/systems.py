@@ -2,8 +2,9 @@
 
 Systems (Xu, Kong, Wang, Plumbley, ICASSP 2018, weak-label experiments):
 
-- ``crnn_baseline``: the non-gated CRNN (preset ``cvssp_crnn_baseline``: conv-BN-ReLU blocks,
-  one tanh BiGRU, mean pooling over 30 frames).
+- ``crnn_baseline``: the non-gated CRNN of the paper (preset ``cvssp_crnn_baseline``, after the
+  original ``main_cnnrnn_balbatch_norm_baseline_icassp2018.py``: conv-BN blocks without gating
+  or nonlinearity, one ReLU BiGRU, mean pooling over 30 frames).
 - ``gated_crnn_mean``: the gated CRNN with mean pooling (preset ``cvssp_crnn_at``,
   ``main_crnn_at.py`` of the original).
 - ``gated_crnn_attention``: the gated CRNN with attention pooling over 240 frames (preset
@@ -163,6 +164,9 @@ class SizeConfig:
         training: the schedule.
         model_overrides: DeviNetConfig fields changed in every system (empty for the paper's models).
         eval_batch_size: clips per forward pass when predicting.
+        torch_threads: torch CPU threads for training and prediction; None leaves torch's default
+            (one per core). Small models train faster on one thread: their many small operations
+            gain little from a second thread and lose much when the cores are busy.
     """
 
     name: str
@@ -172,6 +176,7 @@ class SizeConfig:
     training: TrainSchedule
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     eval_batch_size: int = 32
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.data_size not in SIZES:
@@ -180,6 +185,9 @@ class SizeConfig:
             raise ConfigError(f"width must be a number in (0, 1], got {self.width!r}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+        threads = self.torch_threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"torch_threads must be a positive integer or null, got {threads!r}")
         if not isinstance(self.model_overrides, Mapping):
             raise ConfigError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
         for system in TRAINED_SYSTEMS:  # every key must be a DeviNetConfig field with a valid value

@@ -24,12 +24,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """One tiny run of the whole pipeline (synthetic data, features, three systems, fusion, report).
-
-    One torch thread: the tiny models' small ops are faster so, above all on a busy machine.
-    """
+    """One tiny run of the whole pipeline (synthetic data, features, three systems, fusion, report)."""
     out = tmp_path_factory.mktemp("tiny") / "results"
-    assert main(["reproduce", "--size", "tiny", "--out", str(out), "--threads", "1", "--no-progress"]) == 0
+    assert main(["reproduce", "--size", "tiny", "--out", str(out), "--no-progress"]) == 0
     return out
 
 
@@ -88,7 +85,7 @@ def test_fusion_averages_its_members(tiny):
 def test_rerun_resumes_without_training_again(tiny):
     before = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
     first = json.loads((tiny / "results.json").read_text())
-    assert main(["reproduce", "--size", "tiny", "--out", str(tiny), "--threads", "1", "--no-progress"]) == 0
+    assert main(["reproduce", "--size", "tiny", "--out", str(tiny), "--no-progress"]) == 0
     after = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
     assert before == after  # no checkpoint rewritten: every run was complete
     second = json.loads((tiny / "results.json").read_text())
@@ -112,7 +109,7 @@ def test_real_data_mode_tolerates_missing_clips(tiny, tmp_path):
         wav.unlink()
     out = tmp_path / "out"
     assert main(["reproduce", "--size", "tiny", "--data-root", str(root), "--out", str(out), "--systems",
-                 "gated_crnn_attention", "--threads", "1", "--no-progress"]) == 0
+                 "gated_crnn_attention", "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["systems"]) == ["gated_crnn_attention"]
     assert results["dataset"]["kind"] == "dcase2017_task4"
@@ -152,6 +149,11 @@ def test_size_configs_are_validated():
         size_config_from_dict({k: v for k, v in data.items() if k != "width"})
     with pytest.raises(ConfigError, match="width"):
         size_config_from_dict({**data, "width": 2})
+    with pytest.raises(ConfigError, match="torch_threads"):
+        size_config_from_dict({**data, "torch_threads": 0})
+    with pytest.raises(ConfigError, match="unknown DeviNet configuration keys"):
+        size_config_from_dict({**data, "model_overrides": {"bn_momentm": 0.1}})
+    assert quick.torch_threads == 1 and full.torch_threads is None
 
 
 def test_systems_are_the_papers_presets():
@@ -159,10 +161,14 @@ def test_systems_are_the_papers_presets():
     assert model_config("gated_crnn_attention").head == "attention"
     assert model_config("gated_crnn_mean").name == "cvssp_crnn_at"
     baseline = model_config("crnn_baseline")
-    assert not baseline.gated_conv and not baseline.gated_rnn
-    quarter = model_config("crnn_baseline", 0.25)
-    assert (quarter.conv_channels, quarter.final_conv_channels, quarter.rnn_hidden) == (32, 64, (32,))
-    assert quarter.replace(conv_channels=128, final_conv_channels=256, rnn_hidden=(128,), name="x") == baseline
+    assert baseline.name == "cvssp_crnn_baseline" and not baseline.gated_conv and not baseline.gated_rnn
+    quarter = model_config("crnn_baseline", 0.25, {"bn_momentum": 0.1})
+    assert (quarter.conv_channels, quarter.final_conv_channels, quarter.rnn_hidden) == (16, 64, (32,))
+    assert quarter.name == "cvssp_crnn_baseline@width0.25,bn_momentum=0.1"
+    # only the widths and the override differ from the paper's model (config equality ignores the name)
+    assert quarter.replace(conv_channels=64, final_conv_channels=256, rnn_hidden=(128,), bn_momentum=0.01) == baseline
+    with pytest.raises(ConfigError, match="unknown DeviNet configuration keys: bn_eps_typo"):
+        model_config("crnn_baseline", 1.0, {"bn_eps_typo": 1})
     with pytest.raises(ConfigError, match="fusion"):
         model_config("fusion")
     assert resolve_systems(["fusion"]) == ("crnn_baseline", "gated_crnn_mean", "gated_crnn_attention", "fusion")

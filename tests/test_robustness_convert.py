@@ -29,6 +29,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import devinet
 from devinet.cli import main
@@ -174,8 +176,8 @@ M = AT_MODEL
 LEGACY = {
     "empty_file": (_bytes(lambda b: b""), "not an HDF5 file"),
     "truncated_1k": (_bytes(lambda b: b[:1024]), "not an HDF5 file"),
-    "truncated_half": (_bytes(lambda b: b[: len(b) // 2]), ""),
-    "truncated_last_kb": (_bytes(lambda b: b[:-1024]), ""),
+    "truncated_half": (_bytes(lambda b: b[: len(b) // 2]), "truncated file"),
+    "truncated_last_kb": (_bytes(lambda b: b[:-1024]), "truncated file"),
     "random_bytes": (_bytes(lambda b: os.urandom(65536)), "not an HDF5 file"),
     "text_file": (_bytes(lambda b: b"model weights, version 2\n"), "not an HDF5 file"),
     "hdf5_without_keras_attributes": (_fresh_h5(lambda h: h.create_dataset("x", data=np.zeros(3))),
@@ -207,7 +209,7 @@ LEGACY = {
                      "conv2d_9/extra (3,) was not read"),
     "extra_layer": (_edited(W, _add_layer("dense_9", {"kernel": np.zeros((256, 17), np.float32),
                                                       "bias": np.zeros(17, np.float32)}, after="localization_layer")),
-                    "dense"),
+                    "dense_9/kernel -> head.attention.weight: converted shape (17, 256), expected (17, 17)"),
     "wrong_kernel_shape": (_edited(W, lambda h, g: _replace(g, "conv2d_3", "kernel",
                                                             np.zeros((3, 3, 64, 100), np.float32))),
                            "matches no devinet preset"),
@@ -216,22 +218,24 @@ LEGACY = {
                               "batch_normalization_3/gamma"),
     "wrong_gru_shape": (_edited(W, lambda h, g: _replace(g, "bidirectional_1", "forward_gru_1/kernel",
                                                          np.zeros((256, 300), np.float32))),
-                        "bidirectional_1"),
+                        "rnn.0.linear.weight_ih_l0: converted shape (300, 256), expected (384, 256)"),
     "scalar_weight": (_edited(W, lambda h, g: _replace(g, "conv2d_9", "bias", np.float32(0))),
-                      "conv2d_9"),
+                      "conv2d_9/bias -> final_conv.bias: converted shape"),
     "integer_weights": (_edited(W, lambda h, g: _replace(g, "conv2d_9", "bias", np.zeros(256, np.int32))),
-                        "conv2d_9/bias"),
+                        "weight conv2d_9/conv2d_9/bias has dtype int32; Keras weights are floating point"),
     "string_weights": (_edited(W, lambda h, g: _replace(g, "conv2d_9", "bias", np.array([b"x"] * 256))),
-                       "conv2d_9/bias"),
+                       "weight conv2d_9/conv2d_9/bias has dtype |S1"),
     "nan_weights": (_edited(W, _scale("conv2d_9", "bias", np.nan)), "conv2d_9/bias holds NaN or infinite"),
     "inf_weights": (_edited(W, _scale("localization_layer", "kernel", np.inf)),
                     "localization_layer/kernel holds NaN or infinite"),
-    "layer_names_not_a_list": (_edited(W, lambda h, g: g.attrs.__setitem__("layer_names", 7)), "layer_names"),
-    "weight_names_not_a_list": (_edited(W, _set_weight_names("conv2d_9", 7)), "weight_names"),
+    "layer_names_not_a_list": (_edited(W, lambda h, g: g.attrs.__setitem__("layer_names", 7)),
+                               "attribute layer_names is not a list of names"),
+    "weight_names_not_a_list": (_edited(W, _set_weight_names("conv2d_9", 7)),
+                                "layer 'conv2d_9': attribute weight_names is not a list of names"),
     "kernel_of_wrong_rank": (_edited(W, lambda h, g: _replace(g, "conv2d_2", "kernel", np.zeros(9, np.float32))),
-                             "conv2d_2"),
+                             "layer 'conv2d_2' (gcnn_1_conv): weight kernel has shape (9,), expected 4 dimensions"),
     "weight_name_not_utf8": (_edited(W, _set_weight_names("conv2d_9", [b"conv2d_9/kernel", b"conv2d_9/\xff"])),
-                             "conv2d_9"),
+                             "layer 'conv2d_9': attribute weight_names holds a name that is not UTF-8 text"),
 }
 
 
@@ -388,8 +392,6 @@ def test_subprocess_refusal_has_no_traceback(tmp_path):
 
 
 # ---------------------------------------------------------------------- property-based: random damage
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 def _inventory(path: Path) -> tuple[list[str], list[str]]:
@@ -538,8 +540,13 @@ def _with_crafted_lambdas(k208: Path, path: Path, marker: Path, encoding: str) -
     return len(lambdas)
 
 
+@pytest.fixture(scope="module")
+def untouched_at_model(k208):
+    return keras_to_torch(k208 / AT_MODEL).model
+
+
 @pytest.mark.parametrize("encoding", ["raw_unicode_escape", "base64"])
-def test_lambda_bytecode_is_never_run(encoding, k208, tmp_path, capsys):
+def test_lambda_bytecode_is_never_run(encoding, k208, untouched_at_model, tmp_path, capsys):
     # The control: Keras 2's own loading of such a Lambda runs the payload.
     control = tmp_path / "control_marker"
     _with_crafted_lambdas(k208, tmp_path / "control.h5", control, encoding)
@@ -556,7 +563,37 @@ def test_lambda_bytecode_is_never_run(encoding, k208, tmp_path, capsys):
     assert code == 0 and err == [], err
     assert not marker.exists()
     # ... and the bytecode was not needed: the same model as from the untouched file
-    converted, original = devinet.load(tmp_path / "crafted.pt"), keras_to_torch(k208 / AT_MODEL).model
-    for key, value in original.state_dict().items():
+    converted = devinet.load(tmp_path / "crafted.pt")
+    for key, value in untouched_at_model.state_dict().items():
         assert torch.equal(value, converted.state_dict()[key]), key
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------- devinet parity: damaged recordings
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random_bytes", "pickled_payload"])
+def test_damaged_reference_recording_is_refused_in_one_line(damage, k208, tmp_path, capsys):
+    recording = tmp_path / "model_ref.npz"
+    marker = tmp_path / "marker"
+    if damage == "truncated":
+        recording.write_bytes((k208 / "k208_theano_crnn_at_ref.npz").read_bytes()[:100000])
+    elif damage == "random_bytes":
+        recording.write_bytes(os.urandom(4096))
+    else:
+        np.savez(recording, names=np.array([_Payload(marker)], dtype=object))
+        with np.load(recording, allow_pickle=True) as unsafe:
+            unsafe["names"]
+        assert marker.exists(), "the payload is not live"
+        marker.unlink()
+    code, _, err = cli(["parity", k208 / AT_MODEL, "--reference", recording], capsys)
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("devinet parity: error: ") and str(recording) in err[0] and "Traceback" not in err[0]
+    assert "not a keras208 reference recording" in err[0]
     assert not marker.exists()
