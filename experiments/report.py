@@ -154,6 +154,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
                     f"{fmt(check['values'][1])} ({check['better']} is better)")
             verdict = {True: "yes", False: "**no**", None: "undefined"}[check["holds"]]
             lines.append(_row([check["claim"], check["metric"], ours, verdict]))
+        lines += ["", f"One training run per system (seed {results['seed']}): no seed-to-seed variation is "
+                      "measured, so a difference of a point or so may not survive another seed."]
     lines += ["", "## Figures reported on the real data (for reference; other data than ours)", "",
               _row(["Source", "Data", "System", "AT micro F1 (%)", "SED segment ER (1 s)", "SED segment F1 (1 s, %)"]),
               _row(["---", "---", "---", "---:", "---:", "---:"])]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -226,7 +227,7 @@ class Recording:
                     layers.append(LayerReference(name, kind, shape, full, stats[i], z[f"idx_{i:03d}"],
                                                  z[f"val_{i:03d}"]))
                 x, y = z["x"], z["y"]
-        except (KeyError, ValueError, OSError) as exc:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise FileFormatError(path, f"not a keras208 reference recording ({exc})") from None
         return cls(path, x, y, layers)
 

@@ -27,7 +27,7 @@ import numpy as np
 from devinet.config import DeviNetConfig, preset_config
 from devinet.errors import ConfigError, FileFormatError, MissingDependencyError
 
-from .topology import KerasFile, KerasLayer, canonical_sort_key, normalise_weight_name
+from .topology import KerasFile, KerasLayer, canonical_sort_key, first_line, normalise_weight_name
 
 #: a Keras 3 class -> names of its variables in creation order (BatchNormalization: see _var_names)
 _VARS = {
@@ -69,7 +69,7 @@ def read_keras3(path: str | os.PathLike) -> KerasFile:
         except OSError as exc:
             raise FileFormatError(path, f"not an HDF5 file ({exc})") from None
         with handle:
-            return _from_weights(path, handle, None, "keras3-weights")
+            return _guarded(path, lambda: _from_weights(path, handle, None, "keras3-weights"))
     config = _read_archive_config(path)
     with zipfile.ZipFile(path) as archive:
         data = _member(path, archive, "model.weights.h5")
@@ -78,7 +78,17 @@ def read_keras3(path: str | os.PathLike) -> KerasFile:
     except OSError as exc:
         raise FileFormatError(path, f"model.weights.h5 is not an HDF5 file ({exc})") from None
     with handle:
-        return _from_weights(path, handle, config, "keras3")
+        return _guarded(path, lambda: _from_weights(path, handle, config, "keras3"))
+
+
+def _guarded(path: Path, read):
+    """``read()``; a failure caused by the file's content becomes one FileFormatError naming the file."""
+    try:
+        return read()
+    except FileFormatError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError, RuntimeError) as exc:
+        raise FileFormatError(path, f"damaged or malformed Keras 3 file ({first_line(exc)})") from None
 
 
 def _member(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
@@ -181,7 +191,12 @@ def _vars(group, vars_path: str) -> list[np.ndarray]:
         return []
     vars_group = group[vars_path]
     count = len([k for k in vars_group if k.isdigit()])
-    return [np.asarray(vars_group[str(i)][()]) for i in range(count)]
+    arrays = [np.asarray(vars_group[str(i)][()]) for i in range(count)]
+    for i, array in enumerate(arrays):
+        if array.dtype.kind != "f":
+            raise ValueError(f"variable {vars_group.name}/{i} has dtype {array.dtype}; "
+                             "Keras weights are floating point")
+    return arrays
 
 
 def _var_names(cls: str | None, cfg: dict | None, count: int) -> list[str] | None:

@@ -30,7 +30,7 @@ import numpy as np
 from devinet.config import SEVEN_BLOCKS, DeviNetConfig
 from devinet.errors import ConfigError, FileFormatError, MissingDependencyError
 
-from .topology import KerasFile, KerasLayer, decode, infer_class, normalise_weight_name
+from .topology import KerasFile, KerasLayer, decode, first_line, infer_class, normalise_weight_name
 
 #: weights of each Keras 2 layer class, in ``layer.weights`` order (what ``load_weights`` expects)
 KERAS2_WEIGHTS = {
@@ -64,23 +64,46 @@ def read_legacy_h5(path: str | os.PathLike) -> KerasFile:
     except OSError as exc:
         raise FileFormatError(path, f"not an HDF5 file ({exc})") from None
     with handle:
-        if "model_weights" in handle:
-            group, kind = handle["model_weights"], "keras2-model"
-        elif "layer_names" in handle.attrs:
-            group, kind = handle, "keras2-weights"
-        elif "layers" in handle and "vars" in handle:
-            raise FileFormatError(path, "a Keras 3 weights file: name it *.weights.h5")
-        else:
-            raise FileFormatError(path, "not a Keras 2 HDF5 file (no model_weights group nor layer_names attribute)")
-        attrs = {**{k: handle.attrs[k] for k in handle.attrs}, **{k: group.attrs[k] for k in group.attrs}}
-        backend = decode(attrs["backend"]) if "backend" in attrs else None
-        keras_version = decode(attrs.get("keras_version", ""))
-        if keras_version.startswith("1"):
-            raise FileFormatError(path, f"Keras {keras_version} files are not supported (Keras 2.x only)")
-        configs, input_shape = _layer_configs(path, attrs.get("model_config"))
-        layers = [_read_layer(path, group, decode(name), configs) for name in group.attrs["layer_names"]]
+        try:
+            return _read_handle(path, handle)
+        except FileFormatError:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError, RuntimeError) as exc:
+            # h5py on a damaged file, or attributes of unexpected types (bytes that are not UTF-8,
+            # a number where a list of names belongs): the file's fault, said on one line.
+            raise FileFormatError(path, f"damaged or malformed Keras 2 file ({first_line(exc)})") from None
+
+
+def _read_handle(path: Path, handle) -> KerasFile:
+    if "model_weights" in handle:
+        group, kind = handle["model_weights"], "keras2-model"
+    elif "layer_names" in handle.attrs:
+        group, kind = handle, "keras2-weights"
+    elif "layers" in handle and "vars" in handle:
+        raise FileFormatError(path, "a Keras 3 weights file: name it *.weights.h5")
+    else:
+        raise FileFormatError(path, "not a Keras 2 HDF5 file (no model_weights group nor layer_names attribute)")
+    attrs = {**{k: handle.attrs[k] for k in handle.attrs}, **{k: group.attrs[k] for k in group.attrs}}
+    backend = decode(attrs["backend"]) if "backend" in attrs else None
+    keras_version = decode(attrs.get("keras_version", ""))
+    if keras_version.startswith("1"):
+        raise FileFormatError(path, f"Keras {keras_version} files are not supported (Keras 2.x only)")
+    configs, input_shape = _layer_configs(path, attrs.get("model_config"))
+    layers = [_read_layer(path, group, name, configs) for name in _names(path, group, "layer_names")]
     return KerasFile(path=path, kind=kind, layers=layers, backend=backend, keras_version=keras_version,
                      has_config=bool(configs), input_shape=input_shape)
+
+
+def _names(path: Path, group, key: str) -> list[str]:
+    """The list of names in attribute ``key`` of ``group`` (fixed-length bytes or str)."""
+    value = group.attrs[key]
+    where = f"layer {group.name.rpartition('/')[2]!r}: " if key == "weight_names" else ""
+    if isinstance(value, (str, bytes)) or np.ndim(value) != 1:
+        raise FileFormatError(path, f"{where}attribute {key} is not a list of names ({value!r:.60})")
+    try:
+        return [decode(item) for item in value]
+    except UnicodeDecodeError:
+        raise FileFormatError(path, f"{where}attribute {key} holds a name that is not UTF-8 text") from None
 
 
 def _read_layer(path: Path, group, name: str, configs: dict[str, tuple[str, dict]]) -> KerasLayer:
@@ -91,14 +114,16 @@ def _read_layer(path: Path, group, name: str, configs: dict[str, tuple[str, dict
         raise FileFormatError(path, f"layer {name!r} has no weight_names attribute")
     weights: dict[str, np.ndarray] = {}
     origins: dict[str, str] = {}
-    for raw in layer_group.attrs["weight_names"]:
-        full = decode(raw)
+    for full in _names(path, layer_group, "weight_names"):
         if full not in layer_group:
             raise FileFormatError(path, f"weight {name}/{full} is listed but missing")
         short = normalise_weight_name(full)
         if short in weights:
             raise FileFormatError(path, f"layer {name!r} has two weights named {short!r}")
         weights[short] = np.asarray(layer_group[full][()])
+        if weights[short].dtype.kind != "f":
+            raise FileFormatError(path, f"weight {name}/{full} has dtype {weights[short].dtype}; "
+                                        "Keras weights are floating point")
         origins[short] = f"{name}/{full}"
     class_name, config = configs.get(name, (None, None))
     return KerasLayer(name=name, class_name=class_name or infer_class(name, weights), weights=weights,

@@ -258,7 +258,7 @@ def signature_of(file: KerasFile) -> Signature:
     problems = []
     convs = []
     while f"gcnn_{len(convs)}_conv" in roles:
-        convs.append(roles[f"gcnn_{len(convs)}_conv"].weights["kernel"])
+        convs.append(_weight(file, roles[f"gcnn_{len(convs)}_conv"], "kernel", 4))
     final = roles.get("final_conv")
     head = roles.get("head_frame")
     if not convs:
@@ -273,6 +273,11 @@ def signature_of(file: KerasFile) -> Signature:
         rnn_layers.append([roles[f"rnn_{k}_{kind}"] for kind in ("linear", "sigmoid", "gru") if f"rnn_{k}_{kind}" in roles])
     if problems:
         raise DevinetError(f"{file.path}: not a CVSSP gated CRNN: " + "; ".join(problems))
+    _weight(file, final, "kernel", 4)
+    _weight(file, head, "kernel", 2)
+    for layer in (layer for group in rnn_layers for layer in group):
+        _weight(file, layer, "forward/recurrent_kernel", 2)
+        _weight(file, layer, "forward/bias", (1, 2))
     next_in = [c.shape[2] for c in convs[1:]] + [final.weights["kernel"].shape[2]]
     gated_conv = all(c.shape[3] == 2 * n for c, n in zip(convs, next_in))
     kernel_sizes = {tuple(c.shape[:2]) for c in convs} | {tuple(final.weights["kernel"].shape[:2])}
@@ -314,6 +319,18 @@ def signature_of(file: KerasFile) -> Signature:
         pools=known_pools,
         final_pool=_pool(roles.get("final_pool")),
     )
+
+
+def _weight(file: KerasFile, layer: KerasLayer, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
+    """``layer``'s weight ``name``, which must exist with ``ndim`` dimensions (the architecture is read from it)."""
+    ranks = (ndim,) if isinstance(ndim, int) else ndim
+    array = layer.weights.get(name)
+    if array is None:
+        raise DevinetError(f"{file.path}: layer {layer.name!r} ({layer.role}) has no weight {name!r}")
+    if array.ndim not in ranks:
+        raise DevinetError(f"{file.path}: layer {layer.name!r} ({layer.role}): weight {name} has shape "
+                           f"{tuple(array.shape)}, expected {' or '.join(map(str, ranks))} dimensions")
+    return array
 
 
 def _differences(name: str, sig: Signature) -> tuple[DeviNetConfig | None, list[str]]:

@@ -20,7 +20,6 @@ import pytest
 
 from devinet import features as F
 from devinet.cli import main
-from devinet.errors import DevinetError
 from experiments import packing as P
 
 soundfile = pytest.importorskip("soundfile")
@@ -194,8 +193,11 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed
         pools.append(real_pool(workers))
         return pools[-1]
 
+    work = tmp_path / ".bad.h5.work"
+
     def kill_a_worker() -> None:
-        while not (pools and getattr(pools[0], "_processes", None)):
+        """Once the first chunk is on disk (workers up and busy), SIGKILL one of them."""
+        while not (pools and getattr(pools[0], "_processes", None) and list(work.glob("chunk_*.npz"))):
             threading.Event().wait(0.01)
         os.kill(next(iter(pools[0]._processes)), signal.SIGKILL)
 
@@ -210,9 +212,10 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed
     err = capsys.readouterr().err.splitlines()
     assert code == 1 and len(err) == 1, err
     assert str(out) in err[0] and "worker process died" in err[0] and "run the same command again" in err[0]
-    assert not out.exists()
+    assert not out.exists() and list(work.glob("chunk_*.npz"))  # the finished chunks are kept
     monkeypatch.setattr(P, "_pool", real_pool)
     assert main(argv) == 0
+    assert "resumed:" in capsys.readouterr().out
     again = P.load_packed(out)
     assert again.names == packed[1].names
     np.testing.assert_array_equal(again.features, packed[1].features)
