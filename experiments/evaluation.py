@@ -40,7 +40,7 @@ import numpy as np
 
 from devinet._io import atomic_path
 from devinet.errors import FileFormatError, InputError, MissingDependencyError
-from experiments.meta import CLASSES, Event, clip_key, read_strong_labels, read_weak_labels
+from experiments.meta import CLASSES, Event, clip_key, is_number, read_strong_labels, read_weak_labels
 
 #: Hop of the CVSSP features: 664 samples at 16 kHz (1024-sample window, 360 overlap) = 0.0415 s.
 FRAME_STEP_SEC: float = 664 / 16000
@@ -90,14 +90,6 @@ def _iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         raise FileFormatError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _is_gzip(path: str | os.PathLike) -> bool:
     with contextlib.suppress(OSError):
         with open(path, "rb") as probe:
@@ -117,10 +109,10 @@ def detect_prediction_format(path: str | os.PathLike) -> str:
     for line_no, text in _iter_lines(path):
         fields = text.split("\t")
         if first is None:
-            if len(fields) >= 2 and all(_is_number(value) for value in fields[1:]):
+            if len(fields) >= 2 and all(is_number(value) for value in fields[1:]):
                 first = fields
                 continue
-            if len(fields) == 1 or (len(fields) == 4 and _is_number(fields[1]) and _is_number(fields[2])):
+            if len(fields) == 1 or (len(fields) == 4 and is_number(fields[1]) and is_number(fields[2])):
                 if _is_gzip(path):
                     raise FileFormatError(path, "gzip-compressed submission: submissions are plain text files")
                 return SUBMISSION
@@ -160,7 +152,7 @@ def _parse_probability_rows(path: str | os.PathLike, n_classes: int) -> tuple[li
                             comments=None)
     except ValueError:
         for line_no, row in zip(line_numbers, rows):
-            bad = next((value for value in row.split("\t") if not _is_number(value)), None)
+            bad = next((value for value in row.split("\t") if not is_number(value)), None)
             if bad is not None:
                 raise FileFormatError(path, f"line {line_no}: {bad!r} is not a number") from None
         raise
@@ -270,7 +262,7 @@ def read_at_submission(path: str | os.PathLike, classes: Sequence[str] = CLASSES
         labels = tags.setdefault(key, [])
         if len(fields) == 1:
             continue
-        if len(fields) != 4 or not (_is_number(fields[1]) and _is_number(fields[2])):
+        if len(fields) != 4 or not (is_number(fields[1]) and is_number(fields[2])):
             raise FileFormatError(path, f"line {line_no}: expected name<TAB>start<TAB>end<TAB>label")
         label = fields[3].strip()
         if label not in known:

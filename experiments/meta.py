@@ -91,7 +91,7 @@ def clip_key(name: str) -> str:
         raise InputError(f"clip name {name!r} is not of the form [Y]<youtube_id>_<start>_<end>[.wav]")
     youtube_id, start, end = parts
     for value in (start, end):
-        if not _is_number(value):
+        if not is_number(value):
             raise InputError(f"clip name {name!r}: {value!r} is not a time in seconds")
     if len(youtube_id) == _YOUTUBE_ID_LENGTH + 1 and youtube_id.startswith("Y"):
         youtube_id = youtube_id[1:]
@@ -114,7 +114,7 @@ def read_clip_list(path: str | os.PathLike) -> list[ClipEntry]:
             raise FileFormatError(path, f"line {line_no}: expected 5 comma-separated fields "
                                         f"(youtube_id,start,end,labels,mids), got {len(row)}")
         youtube_id, start, end, labels_field, mids_field = (field.strip() for field in row)
-        if not youtube_id or not _is_number(start) or not _is_number(end):
+        if not youtube_id or not is_number(start) or not is_number(end):
             raise FileFormatError(path, f"line {line_no}: bad youtube_id/start/end {row[:3]!r}")
         labels = tuple(label.strip() for label in _LABEL_SEPARATOR.split(labels_field) if label.strip())
         mids = [mid for mid in mids_field.split(",") if mid.strip()]
@@ -202,7 +202,8 @@ def labels_to_multihot(labels: Iterable[str], classes: tuple[str, ...] = CLASSES
     return target
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether ``text`` parses as a float (a time or a probability field of the official files)."""
     try:
         float(text)
     except ValueError:
