@@ -241,6 +241,8 @@ def load_size_config(name_or_path: str | os.PathLike) -> SizeConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise FileFormatError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(path, f"not UTF-8 text (byte {exc.start})") from None
     return size_config_from_dict(data, where=str(path))
 
 

@@ -8,6 +8,7 @@ developer machine without them; under CI (CI=true) a skip of that kind is a fail
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,22 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(20171)
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    """A folder nobody may write to (also for root: the immutable attribute when chmod is not enough)."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK):  # root ignores modes
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("cannot make a folder read-only here (root without chattr)")
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)

@@ -298,25 +298,6 @@ def test_save_refuses_bad_destinations(good, tmp_path):
     assert leftovers(tmp_path, {"folder.pt", "a_file"}) == []
 
 
-@pytest.fixture()
-def read_only_folder(tmp_path):
-    """A folder nobody may write to (also for root: the immutable attribute when chmod is not enough)."""
-    folder = tmp_path / "read_only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    immutable = False
-    if os.access(folder, os.W_OK):  # root ignores modes
-        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("cannot make a folder read-only here (root without chattr)")
-        yield folder
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
-
-
 def test_save_refuses_an_unwritable_folder(good, read_only_folder):
     with pytest.raises(FileFormatError, match="is not writable"):
         devinet.save(devinet.load(good[0]), read_only_folder / "m.pt")

@@ -344,25 +344,6 @@ def test_bad_destination_is_refused_before_any_work(where, k208, tmp_path, capsy
     assert_nothing_written(tmp_path, {"out.pt", "a_file"})
 
 
-@pytest.fixture()
-def read_only_folder(tmp_path):
-    """A folder nobody may write to (also for root: the immutable attribute when chmod is not enough)."""
-    folder = tmp_path / "read_only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    immutable = False
-    if os.access(folder, os.W_OK):  # root ignores modes
-        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("cannot make a folder read-only here (root without chattr)")
-        yield folder
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
-
-
 @pytest.mark.parametrize("suffix", [".pt", ".h5"])
 def test_unwritable_destination_is_refused(suffix, k208, read_only_folder, tmp_path, capsys):
     src = k208 / AT_WEIGHTS
