@@ -123,12 +123,18 @@ def _require(module: str):
 # Mel filterbank
 
 
+# Slaney's auditory mel scale: linear (200/3 Hz per mel) below 1 kHz, logarithmic above.
+_MEL_LINEAR_STEP = 200.0 / 3
+_MEL_LOG_START_HZ = 1000.0
+_MEL_LOG_STEP = float(np.log(6.4) / 27.0)
+_MEL_LOG_START = _MEL_LOG_START_HZ / _MEL_LINEAR_STEP
+
+
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney's auditory mel scale: linear below 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
-    linear_step = 200.0 / 3
-    log_start_hz, log_step = 1000.0, np.log(6.4) / 27.0
-    log_start_mel = log_start_hz / linear_step
+    linear_step, log_start_hz, log_step, log_start_mel = (
+        _MEL_LINEAR_STEP, _MEL_LOG_START_HZ, _MEL_LOG_STEP, _MEL_LOG_START)
     return np.where(
         hz >= log_start_hz,
         log_start_mel + np.log(np.maximum(hz, log_start_hz) / log_start_hz) / log_step,
@@ -138,9 +144,8 @@ def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
 
 def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
-    linear_step = 200.0 / 3
-    log_start_hz, log_step = 1000.0, np.log(6.4) / 27.0
-    log_start_mel = log_start_hz / linear_step
+    linear_step, log_start_hz, log_step, log_start_mel = (
+        _MEL_LINEAR_STEP, _MEL_LOG_START_HZ, _MEL_LOG_STEP, _MEL_LOG_START)
     return np.where(
         mel >= log_start_mel,
         log_start_hz * np.exp(log_step * (mel - log_start_mel)),
