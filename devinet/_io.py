@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import FileFormatError
+from .errors import FileFormatError, MissingDependencyError
 
 
 def check_destination(path: str | os.PathLike, force: bool = False) -> Path:
@@ -74,3 +74,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def import_h5py(what: str = "h5py", extra: str = "keras"):
+    """Import h5py, or raise MissingDependencyError naming ``what`` needs it and the extra to install."""
+    try:
+        import h5py
+    except ImportError:
+        raise MissingDependencyError(what, extra) from None
+    return h5py
+
+
+def open_h5(path: str | os.PathLike, what: str = "h5py", extra: str = "keras"):
+    """Open an HDF5 file read-only; a file h5py cannot open is a FileFormatError naming it."""
+    h5py = import_h5py(what, extra)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise FileFormatError(path, f"not an HDF5 file ({exc})") from None

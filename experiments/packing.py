@@ -40,7 +40,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from devinet import features as F
-from devinet._io import atomic_path, atomic_write_json, check_destination
+from devinet._io import atomic_path, atomic_write_json, check_destination, import_h5py, open_h5
 from devinet.errors import DevinetError, FileFormatError, InputError
 
 from . import meta as M
@@ -202,14 +202,20 @@ def _exit_when_gone(pid: int) -> None:
             pass
 
 
+def _present_clips(clips: list[tuple[str, str | None]], skipped: list[Skipped]):
+    """Yield the (key, path) of clips whose file exists; record the others in ``skipped`` as missing."""
+    for key, path in clips:
+        if path is None:
+            skipped.append(Skipped(key, "missing", f"no {M.wav_name(key)} in the wav folder"))
+        else:
+            yield key, path
+
+
 def _extract_chunk(index: int, clips: list[tuple[str, str | None]], resampler: str) -> tuple[int, dict]:
     """Reference extraction of one chunk: features padded to 240 frames, and the skipped clips."""
     done: list[tuple[str, np.ndarray]] = []
     skipped: list[Skipped] = []
-    for key, path in clips:
-        if path is None:
-            skipped.append(Skipped(key, "missing", f"no {M.wav_name(key)} in the wav folder"))
-            continue
+    for key, path in _present_clips(clips, skipped):
         try:
             _check_duration(path)
             done.append((key, F.extract_logmel(path, resampler=resampler)))
@@ -226,10 +232,7 @@ def _decode_chunk(index: int, clips: list[tuple[str, str | None]]) -> tuple[int,
     the whole batch long. ``frames`` is the clip's full frame count.
     """
     decoded, skipped = [], []
-    for key, path in clips:
-        if path is None:
-            skipped.append(Skipped(key, "missing", f"no {M.wav_name(key)} in the wav folder"))
-            continue
+    for key, path in _present_clips(clips, skipped):
         try:
             _check_duration(path)
             audio, rate = F.read_audio(path)
@@ -458,13 +461,7 @@ def pack_split(
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        from devinet.errors import MissingDependencyError
-
-        raise MissingDependencyError("h5py", "features") from None
-    return h5py
+    return import_h5py("h5py", "features")
 
 
 @contextlib.contextmanager
@@ -601,14 +598,11 @@ def _assemble(h5py, work: _WorkFolder, chunks, out_path: Path, labels, this_reci
 
 
 def _open_packed(path: str | os.PathLike):
-    h5py = _h5py()
     path = Path(path)
+    _h5py()  # a missing h5py is reported before anything about the file
     if not path.is_file():
         raise FileFormatError(path, "no such packed features file")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise FileFormatError(path, f"not an HDF5 file ({exc})") from None
+    h5 = open_h5(path, "h5py", "features")
     missing = [name for name in ("features", "labels", "names", "n_frames") if name not in h5]
     if missing or h5.attrs.get("format_version") != FORMAT_VERSION:
         h5.close()

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from devinet.config import DeviNetConfig, preset_config
+from devinet._io import import_h5py, open_h5
 from devinet.errors import ConfigError, FileFormatError, MissingDependencyError
 
 from .topology import KerasFile, KerasLayer, canonical_sort_key, first_line, normalise_weight_name
@@ -49,11 +50,7 @@ MAX_MEMBER_BYTES = 2 ** 31
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise MissingDependencyError("h5py (needed for Keras files)", "keras") from None
-    return h5py
+    return import_h5py("h5py (needed for Keras files)", "keras")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -64,11 +61,7 @@ def read_keras3(path: str | os.PathLike) -> KerasFile:
         raise FileFormatError(path, "no such file")
     h5py = _h5py()
     if path.name.endswith(".weights.h5"):
-        try:
-            handle = h5py.File(path, "r")
-        except OSError as exc:
-            raise FileFormatError(path, f"not an HDF5 file ({exc})") from None
-        with handle:
+        with open_h5(path, "h5py (needed for Keras files)", "keras") as handle:
             return _guarded(path, lambda: _from_weights(path, handle, None, "keras3-weights"))
     config = _read_archive_config(path)
     with zipfile.ZipFile(path) as archive:

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from devinet.config import SEVEN_BLOCKS, DeviNetConfig
-from devinet.errors import ConfigError, FileFormatError, MissingDependencyError
+from devinet._io import import_h5py, open_h5
+from devinet.errors import ConfigError, FileFormatError
 
 from .topology import KerasFile, KerasLayer, decode, first_line, infer_class, normalise_weight_name
 
@@ -46,24 +47,16 @@ LEGACY_KERAS_VERSION = "2.0.8"
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise MissingDependencyError("h5py (needed for Keras HDF5 files)", "keras") from None
-    return h5py
+    return import_h5py("h5py (needed for Keras HDF5 files)", "keras")
 
 
 def read_legacy_h5(path: str | os.PathLike) -> KerasFile:
     """Read a Keras 2.x ``model.save`` or ``save_weights`` HDF5 file into a :class:`KerasFile`."""
-    h5py = _h5py()
     path = Path(path)
+    _h5py()  # a missing h5py is reported before anything about the file
     if not path.is_file():
         raise FileFormatError(path, "no such file")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise FileFormatError(path, f"not an HDF5 file ({exc})") from None
-    with handle:
+    with open_h5(path, "h5py (needed for Keras HDF5 files)", "keras") as handle:
         try:
             return _read_handle(path, handle)
         except FileFormatError:
