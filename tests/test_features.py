@@ -136,16 +136,21 @@ def test_resampler_recomputes_the_outputs_where_the_time_register_drifts():
     np.testing.assert_allclose(F.resample(x, 44100)[t], _resampy02_kaiser_best(x, 44100, 16000)[t], atol=1e-12)
 
 
-def test_resample_batch_with_ragged_lengths(rng):
-    clips = [rng.standard_normal(n) for n in (4410, 3000, 1)]
-    batch = torch.zeros(3, 4410, dtype=torch.float64)
+@pytest.mark.parametrize("orig_sr, sizes", [(44100, (4410, 3000, 1)), (44100, (1, 3000, 4410)), (48000, (17, 4800, 4799)),
+                                             (22050, (2205, 1000, 2205))])
+def test_resample_batch_with_ragged_lengths(rng, orig_sr, sizes):
+    """The longest clip first or last: the batch is one matrix of blocks, and the last clip's
+    blocks are the ones nearest the end of the buffer."""
+    clips = [rng.standard_normal(n) for n in sizes]
+    batch = torch.zeros(3, max(sizes), dtype=torch.float64)
     for row, clip in enumerate(clips):
         batch[row, : clip.shape[0]] = torch.from_numpy(clip)
-    out = F.Resample(44100).double()(batch, torch.tensor([c.shape[0] for c in clips]))
+    out = F.Resample(orig_sr).double()(batch, torch.tensor([c.shape[0] for c in clips]))
+    assert out.shape == (3, F.resampled_length(max(sizes), orig_sr))
     for row, clip in enumerate(clips):
-        expected = F.resample(clip, 44100)
+        expected = F.resample(clip, orig_sr)
         np.testing.assert_allclose(out[row, : expected.shape[0]].numpy(), expected, atol=1e-12)
-        assert not out[row, int(clip.shape[0] * 16000 / 44100):].any()  # librosa's zero padding
+        assert not out[row, int(clip.shape[0] * 16000 / orig_sr):].any()  # librosa's zero padding
 
 
 def test_resample_rejects_bad_input(rng):
