@@ -44,6 +44,12 @@ GOALS = {
     "forward_fraction_of_matmul_peak": (">=", 0.5),
 }
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+#: sleep before each timed run, so that spinning idle threads of the previous run do not
+#: count against the next (measured here: without it, the batched extractor timed right
+#: after the numpy reference was 2x slower with 2 threads)
+SETTLE_S = 0.25
+#: keeps the BLAS thread limit of :func:`_set_threads` in force for the whole run
+_BLAS_LIMITS: list[Any] = []
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,12 @@ class Timing:
 class Runner:
     """Times callables (interleaved, after warm-up) and shows progress."""
 
-    def __init__(self, device: str, total_runs: int):
+    def __init__(self, device: str, total_runs: int, settle_s: float = 0.0):
         from tqdm.auto import tqdm
 
         self.device = device
+        #: seconds of sleep before each run (not timed), see :meth:`once`
+        self.settle_s = settle_s
         self.bar = tqdm(total=total_runs, desc="bench", unit="run", file=sys.stderr, dynamic_ncols=True)
 
     def sync(self) -> None:
@@ -163,6 +171,9 @@ class Runner:
             torch.cuda.synchronize()
 
     def once(self, fn: Callable[[], Any]) -> tuple[float, float]:
+        # Idle threads of the previous contender (OpenBLAS, OpenMP, TensorFlow's pool) spin for a
+        # while after their work and would steal the cores from this run: let them go to sleep.
+        time.sleep(self.settle_s)
         self.sync()
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
@@ -272,9 +283,19 @@ def _set_threads(threads: int) -> dict[str, Any]:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError as exc:  # TensorFlow already initialised in this process
         notes.append(f"TensorFlow thread pools already fixed: {exc}")
+    # numpy's BLAS (the reference feature recipe's matrix products) gets the same count.
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        blas = ["unknown: threadpoolctl is not installed, numpy's BLAS keeps its own thread count"]
+    else:
+        _BLAS_LIMITS.append(threadpool_limits(limits=threads, user_api="blas"))
+        blas = sorted({f"{pool['internal_api']} {pool['num_threads']}" for pool in threadpool_info()
+                       if pool["user_api"] == "blas"})
     found = {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
              "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-             "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+             "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+             "numpy_blas": blas}
     if notes:
         found["notes"] = notes
     return found
@@ -558,18 +579,54 @@ def _features(runner: Runner, sizes: Sizes) -> dict[str, Any]:
     def fast():
         outputs["fast"] = extract_logmel_batch(clips, rate, device=runner.device)
 
-    timings = runner.compare("features", {"reference": reference, "fast": fast}, sizes.warmup, sizes.repeats)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(outputs["reference"], outputs["fast"]))
-    return {
+    contenders = {"reference": reference, "fast": fast}
+    original = _original_resampler()
+    if original is not None:
+        def original_pipeline():
+            outputs["original_pipeline"] = [extract_logmel(original(c, rate, 16000, filter="kaiser_best"), 16000)
+                                            for c in clips]
+
+        contenders["original_pipeline"] = original_pipeline
+    timings = runner.compare("features", contenders, sizes.warmup, sizes.repeats)
+    result = {
         "clips": sizes.feature_clips, "seconds_per_clip": sizes.feature_seconds, "sample_rate": rate,
         "reference": "devinet.features.extract_logmel (numpy/scipy/librosa, one clip at a time)",
         "fast": f"devinet.features.extract_logmel_batch (torch float32, {runner.device}, all clips in one batch)",
         "reference_clips_per_s": timings["reference"].rate(sizes.feature_clips),
         "fast_clips_per_s": timings["fast"].rate(sizes.feature_clips),
         "speedup_vs_reference": timings["reference"].median_s / timings["fast"].median_s,
-        "max_abs_difference": diff,
+        "speedup_vs_reference_cpu_time": timings["reference"].cpu_median_s / timings["fast"].cpu_median_s,
+        "max_abs_difference": max(float(np.abs(a - b).max()) for a, b in zip(outputs["reference"], outputs["fast"])),
+        "original_pipeline": None,
+        "speedup_vs_original_pipeline": None,
         "timing": {k: asdict(v) for k, v in timings.items()},
     }
+    if original is not None:
+        result["original_pipeline"] = ("resampy 0.2 kaiser_best (the resampler of the original pipeline, a numba "
+                                       "loop over output samples), then the reference recipe at 16 kHz, one clip at a time")
+        result["original_pipeline_clips_per_s"] = timings["original_pipeline"].rate(sizes.feature_clips)
+        result["speedup_vs_original_pipeline"] = timings["original_pipeline"].median_s / timings["fast"].median_s
+        result["original_pipeline_max_abs_difference_to_reference"] = max(
+            float(np.abs(a - b).max()) for a, b in zip(outputs["reference"], outputs["original_pipeline"]))
+    return result
+
+
+def _original_resampler() -> Callable[..., Any] | None:
+    """``resampy.resample`` when resampy 0.2.x (the original pipeline's resampler, with the
+    original ``kaiser_best`` filter) is installed (``pip install -e .[bench]``); else None."""
+    try:
+        from importlib.metadata import version
+
+        if not version("resampy").startswith("0.2."):
+            return None
+        import warnings
+
+        with warnings.catch_warnings():  # resampy 0.2 finds its filter files through pkg_resources
+            warnings.simplefilter("ignore")
+            import resampy
+    except Exception:  # absent, or broken with today's numba: the comparison is optional
+        return None
+    return resampy.resample
 
 
 # ------------------------------------------------------------------------------ driver
@@ -626,7 +683,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = QUICK if args.quick else FULL
     started = time.time()
     load_start = _load_average()
-    runner = Runner(args.device, _planned_runs(sizes, with_keras))
+    runner = Runner(args.device, _planned_runs(sizes, with_keras), settle_s=0.0 if args.quick else SETTLE_S)
     try:
         peak = _matmul_peak(runner, sizes)
         gru = _gru(runner, sizes)
@@ -646,6 +703,7 @@ def run(args: argparse.Namespace) -> int:
         "train_step_speedup_vs_keras": worst(t.get("speedup_vs_keras") for t in train.values()),
         "gru_train_ratio_vs_nngru": gru["train_ratio_vs_nngru"],
         "features_speedup_vs_reference": features["speedup_vs_reference"],
+        "features_speedup_vs_original_pipeline": features["speedup_vs_original_pipeline"],
         "forward_fraction_of_matmul_peak": worst(f["devinet_fraction_of_matmul_peak"] for f in forward.values()),
         "peak_train_memory_mb": worst((m["step_peak_mb"] for m in memory.values()), pick=max),
     }
