@@ -100,7 +100,57 @@ class Dense(nn.Linear):
         return f"{super().extra_repr()}, activation={self.activation}"
 
 
-class GatedConvBlock(nn.Module):
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the one convolution that computes ``bn(conv(x))`` with ``bn`` in eval mode.
+
+    Eval-mode BatchNorm is a per-channel affine map ``(y - mean) * s + beta`` with
+    ``s = gamma / sqrt(var + eps)``, so ``W' = W * s`` (per output channel) and
+    ``b' = (b - mean) * s + beta`` (``b = 0`` for a conv without bias). Computed from the current
+    parameters and running statistics, so it follows any change to them, and differentiable
+    in the parameters. ``W'`` keeps ``conv.weight``'s memory format.
+
+    Args:
+        conv: a (C_out, C_in, k, k) convolution with no activation after it.
+        bn: BatchNorm over its C_out maps, with running statistics.
+
+    Returns:
+        ``(W', b')`` of shapes (C_out, C_in, k, k) and (C_out,).
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ConfigError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
+    bias = shift * scale if bn.bias is None else torch.addcmul(bn.bias, shift, scale)
+    return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
+class _ConvBatchNorm(nn.Module):
+    """Conv2d (no bias, no activation) -> BatchNorm, the front of the conv blocks; (N, C_in, T, F) -> (N, C, T, F).
+
+    With ``fold_bn`` set (by :meth:`devinet.DeviNet.optimize_for_inference`) and BatchNorm in
+    eval mode, the two run as one convolution with :func:`fold_batchnorm`'s weights: the same
+    values up to float32 rounding, but forward hooks on ``conv`` and ``bn`` do not fire.
+    In training mode the two modules always run as they are.
+    """
+
+    def __init__(self, in_channels: int, conv_channels: int, kernel_size: int, bn_eps: float,
+                 bn_momentum: float):
+        super().__init__()
+        self.conv = Conv2dAct(in_channels, conv_channels, kernel_size, bias=False)
+        self.bn = nn.BatchNorm2d(conv_channels, eps=bn_eps, momentum=bn_momentum)
+        #: fold ``bn`` into ``conv`` while ``bn`` is in eval mode (a plain flag: not in the state dict)
+        self.fold_bn = False
+
+    def conv_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """``bn(conv(x))``, folded into one convolution when ``fold_bn`` and ``bn`` is in eval mode."""
+        if self.fold_bn and not self.bn.training and self.bn.running_mean is not None:
+            return self.conv._conv_forward(x, *fold_batchnorm(self.conv, self.bn))
+        return self.bn(self.conv(x))
+
+
+class GatedConvBlock(_ConvBatchNorm):
     """The CVSSP gated convolution: Conv2d (no bias) -> BatchNorm -> GLU.
 
     The convolution produces ``2 * out_channels`` maps; the SECOND half gates the first:
@@ -110,15 +160,13 @@ class GatedConvBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM):
-        super().__init__()
-        self.conv = Conv2dAct(in_channels, 2 * out_channels, kernel_size, bias=False)
-        self.bn = nn.BatchNorm2d(2 * out_channels, eps=bn_eps, momentum=bn_momentum)
+        super().__init__(in_channels, 2 * out_channels, kernel_size, bn_eps, bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.glu(self.bn(self.conv(x)), dim=1)
+        return F.glu(self.conv_bn(x), dim=1)
 
 
-class ConvBlock(nn.Module):
+class ConvBlock(_ConvBatchNorm):
     """Non-gated block: Conv2d (no bias) -> BatchNorm -> activation, (N, C_in, T, F) -> (N, C, T, F).
 
     The original ICASSP 2018 baseline (main_cnnrnn_balbatch_norm_baseline_icassp2018.py) uses
@@ -128,14 +176,12 @@ class ConvBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM,
                  activation: str = "relu"):
-        super().__init__()
+        super().__init__(in_channels, out_channels, kernel_size, bn_eps, bn_momentum)
         self.activation = activation
         self._act = get_activation(activation)
-        self.conv = Conv2dAct(in_channels, out_channels, kernel_size, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._act(self.bn(self.conv(x)))
+        return self._act(self.conv_bn(x))
 
     def extra_repr(self) -> str:
         return f"activation={self.activation}"
