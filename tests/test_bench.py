@@ -148,5 +148,7 @@ def test_quick_run_reports_every_figure(tmp_path, keras, capsys):
     original = report["features_speedup_vs_original_pipeline"]  # only where resampy 0.2 is installed
     assert original is None or (original > 0 and report["features"]["original_pipeline_max_abs_difference_to_reference"] < 1e-2)
     assert threads["numpy_blas"]
+    assert report["allocator"] == {"retain_freed_memory_requested": False, "freed_memory_retained": False}
+    assert "--retain-freed-memory" not in report["command"]
     printed = capsys.readouterr().out
     assert "goals:" in printed and "threads: torch" in printed
