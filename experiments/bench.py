@@ -22,6 +22,7 @@ FLOPs are counted analytically by :func:`forward_flops`.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -184,6 +185,7 @@ class Runner:
         # Idle threads of the previous contender (OpenBLAS, OpenMP, TensorFlow's pool) spin for a
         # while after their work and would steal the cores from this run: let them go to sleep.
         time.sleep(self.settle_s)
+        gc.collect()  # garbage of earlier runs is collected here, not inside the timed one
         self.sync()
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
@@ -192,10 +194,15 @@ class Runner:
 
     def compare(self, label: str, contenders: dict[str, Callable[[], Any]], warmup: int,
                 repeats: int) -> dict[str, Timing]:
-        """Warm every contender up, then run them in turn ``repeats`` times."""
-        for name, fn in contenders.items():
-            self.bar.set_description(f"{label}: warm-up {name}")
-            for _ in range(warmup):
+        """Warm the contenders up in turn, then run them in turn ``repeats`` times.
+
+        The warm-up interleaves too, so that the timed runs start from the state they keep
+        (each contender's allocations made with the others' in between: a contender whose
+        memory the other one disturbed pays for it in the warm-up, not in the first timed run).
+        """
+        for _ in range(warmup):
+            for name, fn in contenders.items():
+                self.bar.set_description(f"{label}: warm-up {name}")
                 self.once(fn)
                 self.bar.update()
         walls: dict[str, list[float]] = {name: [] for name in contenders}

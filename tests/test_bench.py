@@ -55,13 +55,14 @@ def test_runner_warms_up_then_interleaves_and_takes_medians(monkeypatch):
     calls = []
     clock = iter(range(1000))
     monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
-    runner = bench.Runner("cpu", total_runs=8)
+    runner = bench.Runner("cpu", total_runs=10)
     try:
         timings = runner.compare("t", {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                 warmup=1, repeats=3)
+                                 warmup=2, repeats=3)
     finally:
         runner.bar.close()
-    assert calls == ["a", "b"] + ["a", "b"] * 3
+    # the warm-up interleaves as the timed runs do
+    assert calls == ["a", "b"] * 2 + ["a", "b"] * 3
     for timing in timings.values():
         assert timing.runs == 3
         assert timing.min_s <= timing.median_s <= timing.max_s
@@ -74,12 +75,13 @@ def test_runner_lets_idle_threads_settle_outside_the_timed_span(monkeypatch):
     clock = iter(range(1000))
     monkeypatch.setattr(bench.time, "perf_counter", lambda: events.append("clock") or float(next(clock)))
     monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
+    monkeypatch.setattr(bench.gc, "collect", lambda: events.append("gc"))
     runner = bench.Runner("cpu", total_runs=2, settle_s=0.25)
     try:
         timings = runner.compare("t", {"a": lambda: events.append("run")}, warmup=1, repeats=1)
     finally:
         runner.bar.close()
-    assert events == [("sleep", 0.25), "clock", "run", "clock"] * 2
+    assert events == [("sleep", 0.25), "gc", "clock", "run", "clock"] * 2
     assert timings["a"].median_s == 1.0
 
 
