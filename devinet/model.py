@@ -171,10 +171,8 @@ class DeviNet(nn.Module):
         budget = self._micro_batch_bytes
         if budget is None or self.training or x.device.type != "cpu":
             return x.shape[0]
-        c = self.config
         # the largest activation: the first block's conv output at full resolution
-        maps = 2 * c.conv_channels if c.gated_conv else c.conv_channels
-        per_clip = maps * x.shape[1] * c.n_mels * x.element_size()
+        per_clip = self.gcnn[0].conv.out_channels * x.shape[1] * self.config.n_mels * x.element_size()
         return max(1, budget // per_clip)
 
     def optimize_for_inference(self, channels_last: bool = True, micro_batch_mb: float | None = 16.0) -> "DeviNet":

@@ -387,25 +387,25 @@ def _gru(runner: Runner, sizes: Sizes) -> dict[str, Any]:
     }
 
 
-def _models(name: str, sizes: Sizes, device: str, with_keras: bool):
-    """devinet, its faster variants with the same weights, and the Keras reference with the same shapes.
+def _models(name: str, sizes: Sizes, device: str, with_keras: bool, with_variants: bool = True):
+    """devinet, its faster inference variants with the same weights, and the Keras reference with the same shapes.
 
     Returns ``(model, variants, keras_model)``: ``variants`` maps a contender name to a copy of
-    ``model`` (channels-last weights; :meth:`DeviNet.optimize_for_inference`), ``keras_model``
-    is None without Keras.
+    ``model`` (channels-last weights; :meth:`DeviNet.optimize_for_inference`), empty without
+    ``with_variants``; ``keras_model`` is None without Keras.
     """
+    import copy
+
     import torch
 
     from devinet.model import DeviNet
 
     torch.manual_seed(0)
     model = DeviNet.from_preset(name).to(device)
-    variants = {
-        "devinet_channels_last": DeviNet.from_preset(name).to(device).to(memory_format=torch.channels_last),
-        "devinet_optimized": DeviNet.from_preset(name).to(device).optimize_for_inference(),
-    }
-    for variant in variants.values():
-        variant.load_state_dict(model.state_dict())
+    variants = {}
+    if with_variants:
+        variants = {"devinet_channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last),
+                    "devinet_optimized": copy.deepcopy(model).optimize_for_inference()}
     keras_model = None
     if with_keras:
         import keras_reference
@@ -469,7 +469,7 @@ def _train_step(runner: Runner, sizes: Sizes, name: str, with_keras: bool, peak_
 
     from experiments.train import keras_bce
 
-    model, _, keras_model = _models(name, sizes, runner.device, with_keras)
+    model, _, keras_model = _models(name, sizes, runner.device, with_keras, with_variants=False)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8)
     x, y = _batch(sizes, seed=1)
@@ -743,19 +743,21 @@ def run(args: argparse.Namespace) -> int:
         values = [v for v in values if v is not None]
         return pick(values) if values else None
 
+    def forward_worst(key):
+        """The least favourable ``key`` of the forward figures over the models (None without it)."""
+        return worst(f.get(key) for f in forward.values())
+
     summary = {
         # forward: devinet's fastest inference path that computes the same outputs (optimize_for_inference)
-        "forward_speedup_vs_keras": worst(f.get(f"{BEST_FORWARD}_speedup_vs_keras_predict") for f in forward.values()),
+        "forward_speedup_vs_keras": forward_worst(f"{BEST_FORWARD}_speedup_vs_keras_predict"),
         "train_step_speedup_vs_keras": worst(t.get("speedup_vs_keras") for t in train.values()),
         "gru_train_ratio_vs_nngru": gru["train_ratio_vs_nngru"],
         "features_speedup_vs_reference": features["speedup_vs_reference"],
         "features_speedup_vs_original_pipeline": features["speedup_vs_original_pipeline"],
-        "forward_fraction_of_matmul_peak": worst(f[f"{BEST_FORWARD}_fraction_of_matmul_peak"] for f in forward.values()),
+        "forward_fraction_of_matmul_peak": forward_worst(f"{BEST_FORWARD}_fraction_of_matmul_peak"),
         "peak_train_memory_mb": worst((m["step_peak_mb"] for m in memory.values()), pick=max),
-        "forward_speedup_vs_keras_default_model": worst(f.get("devinet_speedup_vs_keras_predict")
-                                                        for f in forward.values()),
-        "forward_fraction_of_matmul_peak_default_model": worst(f["devinet_fraction_of_matmul_peak"]
-                                                               for f in forward.values()),
+        "forward_speedup_vs_keras_default_model": forward_worst("devinet_speedup_vs_keras_predict"),
+        "forward_fraction_of_matmul_peak_default_model": forward_worst("devinet_fraction_of_matmul_peak"),
     }
     report = {
         "format": "devinet-bench",
