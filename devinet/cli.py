@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "huge_pages", False):
+            from .runtime import huge_pages_requested, run_devinet_with_huge_pages
+
+            if not huge_pages_requested():  # glibc reads it at start-up: run again with it
+                return run_devinet_with_huge_pages(sys.argv[1:] if argv is None else list(argv))
         return int(args._run(args) or 0)
     except DevinetError as exc:
         print(f"devinet {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from devinet import runtime
 from devinet.cli import main
 from devinet.model import DeviNet
 from experiments import bench
@@ -150,7 +151,11 @@ def test_quick_run_reports_every_figure(tmp_path, keras, capsys):
     original = report["features_speedup_vs_original_pipeline"]  # only where resampy 0.2 is installed
     assert original is None or (original > 0 and report["features"]["original_pipeline_max_abs_difference_to_reference"] < 1e-2)
     assert threads["numpy_blas"]
-    assert report["allocator"] == {"retain_freed_memory_requested": False, "freed_memory_retained": False}
+    allocator = report["allocator"]
+    assert allocator["retain_freed_memory_requested"] is False and allocator["freed_memory_retained"] is False
+    assert allocator["malloc_huge_pages"] == (runtime.huge_pages_requested() and runtime.huge_pages_unavailable() is None)
+    assert allocator["transparent_huge_pages"] == runtime.transparent_huge_pages()
+    assert allocator["anon_huge_pages_mb_at_end"] is None or allocator["anon_huge_pages_mb_at_end"] >= 0
     assert "--retain-freed-memory" not in report["command"]
     printed = capsys.readouterr().out
     assert "goals:" in printed and "threads: torch" in printed
