@@ -6,8 +6,8 @@ it back with ``munmap`` when the tensor dies. A training step of the CVSSP model
 allocates and frees several GB of activations and gradients this way, and the kernel faults
 in and zeroes every page again at the next step. Measured on the 2-vCPU benchmark machine
 (crnn_at, batch 44 x 240 x 64, one thread; docs/benchmarks.md): 1.8 million page faults and
-3.3 to 4.5 s of system time in a 9.7 to 12 s step. TensorFlow pools its own buffers and is
-not affected.
+3.3 to 5.2 s of system time in a 9.7 to 13.2 s step. TensorFlow's CPU buffers come from the same
+``malloc`` and fault alike (2.2 million faults in an 18.7 s Keras step, measured alone).
 
 :func:`retain_freed_memory` turns off glibc's ``mmap`` serving and its heap trimming, so that
 freed blocks stay mapped and later steps reuse them without page faults: the same step then
