@@ -134,9 +134,18 @@ def environment_with_huge_pages(environ: Mapping[str, str] | None = None) -> dic
     ``GLIBC_TUNABLES`` (other tunables kept). Start a process with it; it does nothing to this one."""
     env = dict(os.environ if environ is None else environ)
     if not huge_pages_requested(env):
-        tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":")
-                    if t and not t.startswith("glibc.malloc.hugetlb=")]
-        env["GLIBC_TUNABLES"] = ":".join([*tunables, HUGE_PAGE_TUNABLE])
+        env = environment_without_huge_pages(env)
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), HUGE_PAGE_TUNABLE]))
+    return env
+
+
+def environment_without_huge_pages(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``environ`` (default: this process's) with any ``glibc.malloc.hugetlb`` setting
+    removed from ``GLIBC_TUNABLES`` (other tunables kept): a process started with it uses 4 KiB pages."""
+    env = dict(os.environ if environ is None else environ)
+    tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb=")]
+    if tunables:
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
     return env
 
 

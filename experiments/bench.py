@@ -581,13 +581,13 @@ def _train_memory(runner: Runner, sizes: Sizes, name: str, threads: int) -> dict
     runner.bar.set_description(f"{name} training-step memory (subprocess)")
     code = ("import json, sys; from experiments.bench import _memory_probe; "
             "print(json.dumps(_memory_probe(*sys.argv[1:])))")
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    from devinet.runtime import environment_without_huge_pages
+
     # 4 KiB pages whatever this run uses (--huge-pages): the resident size then follows the live
     # tensors, not whole 2 MiB pages
-    tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb=")]
-    if tunables:
-        env["GLIBC_TUNABLES"] = ":".join(tunables)
+    env = environment_without_huge_pages(dict(
+        os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")]))))
     done = subprocess.run([sys.executable, "-c", code, name, str(sizes.batch), str(sizes.frames), str(threads)],
                           cwd=_REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:

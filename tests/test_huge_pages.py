@@ -58,6 +58,13 @@ def test_environment_adds_the_tunable_and_keeps_the_others():
     assert runtime.environment_with_huge_pages({}) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
+def test_environment_without_removes_only_the_huge_page_setting():
+    env = runtime.environment_without_huge_pages({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.x=2"})
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.x=2"}
+    assert runtime.environment_without_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == {}
+    assert not runtime.huge_pages_requested(runtime.environment_without_huge_pages(runtime.environment_with_huge_pages({})))
+
+
 def test_requested_only_for_the_exact_tunable():
     assert not runtime.huge_pages_requested({})
     assert not runtime.huge_pages_requested({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
