@@ -55,6 +55,10 @@ HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 _THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
+def _is_glibc_linux() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def retain_freed_memory() -> bool:
     """Make this process's C heap keep freed memory for reuse instead of returning it to the OS.
 
@@ -70,7 +74,7 @@ def retain_freed_memory() -> bool:
     global _applied
     if _applied:
         return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _is_glibc_linux():
         return False
     name = ctypes.util.find_library("c")
     if name is None:
@@ -90,10 +94,6 @@ def retain_freed_memory() -> bool:
 def freed_memory_retained() -> bool:
     """Whether :func:`retain_freed_memory` has been applied in this process."""
     return _applied
-
-
-def _is_glibc_linux() -> bool:
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def transparent_huge_pages() -> str | None:
@@ -118,9 +118,10 @@ def huge_pages_unavailable() -> str | None:
     """Why :data:`HUGE_PAGE_TUNABLE` cannot take effect here (one line), or None when it can."""
     if not _is_glibc_linux():
         return "needs Linux with glibc's malloc"
-    major, _, minor = platform.libc_ver()[1].partition(".")
+    version = platform.libc_ver()[1]
+    major, _, minor = version.partition(".")
     if (int(major or 0), int(minor or 0)) < (2, 35):
-        return f"needs glibc 2.35 or newer (this is glibc {platform.libc_ver()[1]})"
+        return f"needs glibc 2.35 or newer (this is glibc {version})"
     mode = transparent_huge_pages()
     if mode is None:
         return f"the kernel offers no transparent huge pages ({_THP_MODE_FILE} is missing)"

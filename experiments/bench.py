@@ -695,8 +695,7 @@ def _goals(summary: dict[str, Any]) -> dict[str, Any]:
 def _huge_pages_record() -> dict[str, Any]:
     from devinet.runtime import HUGE_PAGE_TUNABLE, huge_pages_requested, huge_pages_unavailable, transparent_huge_pages
 
-    requested = huge_pages_requested()
-    return {"malloc_huge_pages": requested and huge_pages_unavailable() is None,
+    return {"malloc_huge_pages": huge_pages_requested() and huge_pages_unavailable() is None,
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
             "transparent_huge_pages": transparent_huge_pages(),
             "huge_pages_note": (f"GLIBC_TUNABLES={HUGE_PAGE_TUNABLE} (--huge-pages): glibc's malloc asks the kernel "
@@ -706,7 +705,7 @@ def _huge_pages_record() -> dict[str, Any]:
 def _command(args: argparse.Namespace, threads: int) -> str:
     parts = ["devinet bench"] + (["--quick"] if args.quick else [])
     parts += ["--retain-freed-memory"] if args.retain_freed_memory else []
-    parts += ["--huge-pages"] if getattr(args, "huge_pages", False) else []
+    parts += ["--huge-pages"] if args.huge_pages else []
     parts += [f"--device {args.device}", f"--threads {threads}", f"--json {args.json}"]
     return " ".join(parts)
 
