@@ -22,6 +22,7 @@ FLOPs are counted analytically by :func:`forward_flops`.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -650,9 +651,11 @@ def _features(runner: Runner, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
+@functools.lru_cache(maxsize=1)
 def _original_resampler() -> Callable[..., Any] | None:
     """``resampy.resample`` when resampy 0.2.x (the original pipeline's resampler, with the
-    original ``kaiser_best`` filter) is installed (``pip install -e .[bench]``); else None."""
+    original ``kaiser_best`` filter) is installed (``pip install -e .[bench]``); else None.
+    Looked up once per process (the run plan and the features section both ask)."""
     try:
         from importlib.metadata import version
 

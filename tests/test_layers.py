@@ -291,7 +291,8 @@ def test_attention_eps_clip_is_active_for_tiny_weights():
         head.frame.bias.zero_()
         head.attention.weight.zero_()
         head.attention.bias.copy_(torch.tensor([0.0, -60.0, -60.0], dtype=torch.float64))
-    out = head(torch.zeros(1, 4, 2, dtype=torch.float64))
+    with torch.no_grad():
+        out = head(torch.zeros(1, 4, 2, dtype=torch.float64))
     # classes 1, 2 get attention ~8.8e-27 per frame: the clip at 1e-7 dominates the denominator
     att = float(out["attention"][0, 0, 1])
     expected = 4 * 0.5 * att / (4 * 1e-7)
