@@ -7,8 +7,10 @@ developer machine without them; under CI (CI=true) a skip of that kind is a fail
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,21 @@ def read_only_folder(tmp_path):
         if immutable:
             subprocess.run(["chattr", "-i", str(folder)], check=True)
         folder.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def fresh_python():
+    """Runs a script in a fresh interpreter and returns the JSON object of its last output line.
+
+    The child imports this checkout and inherits no allocator settings (no ``MALLOC_*``
+    variables, no ``GLIBC_TUNABLES``; glibc reads them at start-up only), then gets ``env``'s
+    variables on top: ``fresh_python(code, GLIBC_TUNABLES=...)``.
+    """
+    def run(code: str, **env: str) -> dict:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+        clean.update(env, PYTHONPATH=str(REPO_ROOT))
+        done = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, timeout=300,
+                              check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    return run

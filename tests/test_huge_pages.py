@@ -4,18 +4,13 @@ start-up only)."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from devinet import runtime
 from devinet.cli import build_parser, main
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Three rounds that each allocate, touch and free a 64 MiB tensor (above glibc's 32 MiB mmap
 # ceiling, so each is mapped afresh); reports the minor page faults of each round and the
@@ -34,16 +29,6 @@ for i in range(3):
 print(json.dumps({"requested": huge_pages_requested(), "faults": rounds, "huge_mb": huge}))
 """
 PAGES = 64 * 2**20 // 4096
-
-
-def _probe(huge: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    if huge:
-        env = runtime.environment_with_huge_pages(env)
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300,
-                          check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_environment_adds_the_tunable_and_keeps_the_others():
@@ -139,8 +124,9 @@ def test_unavailable_huge_pages_are_one_clear_line(monkeypatch, capsys, tmp_path
 
 @pytest.mark.skipif(runtime.huge_pages_unavailable() is not None,
                     reason=f"huge pages unavailable here: {runtime.huge_pages_unavailable()}")
-def test_huge_pages_fold_the_page_faults_of_large_tensors():
-    default, huge = _probe(huge=False), _probe(huge=True)
+def test_huge_pages_fold_the_page_faults_of_large_tensors(fresh_python):
+    default = fresh_python(PROBE)
+    huge = fresh_python(PROBE, GLIBC_TUNABLES=runtime.environment_with_huge_pages({})["GLIBC_TUNABLES"])
     assert default["requested"] is False and huge["requested"] is True
     # 2 MiB pages: 512 times fewer faults than 4 KiB pages (measured: about 550 per round, most
     # of them the interpreter's own); the kernel may fall back to small pages for a part of a

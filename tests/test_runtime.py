@@ -5,17 +5,17 @@ Each check runs in a fresh interpreter (the setting is process-wide and cannot b
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from devinet import runtime
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = runtime._is_glibc_linux()
 
 # Ten rounds shaped like a training step: large tensors (40 to 160 MiB, all above glibc's
 # 32 MiB ceiling for its mmap threshold) alive together, with small tensors allocated between
@@ -44,20 +44,10 @@ print(json.dumps({"applied": applied, "retained": freed_memory_retained(), "faul
 PAGES_PER_ROUND = 488 * 2**20 // 4096  # 96 + 160 + 64 + 128 + 40 MiB
 
 
-def probe(retain: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env.pop("DEVINET_TEST_RETAIN", None)
-    if retain:
-        env["DEVINET_TEST_RETAIN"] = "1"
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300,
-                          check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.skipif(not GLIBC, reason="retain_freed_memory applies to glibc's malloc only")
-def test_retained_memory_is_reused_without_page_faults():
-    default, retained = probe(retain=False), probe(retain=True)
+def test_retained_memory_is_reused_without_page_faults(fresh_python):
+    # DEVINET_TEST_RETAIN set, empty or not: the probe applies retain_freed_memory() when it is non-empty
+    default, retained = fresh_python(PROBE, DEVINET_TEST_RETAIN=""), fresh_python(PROBE, DEVINET_TEST_RETAIN="1")
     assert default["applied"] is False and default["retained"] is False
     # by default every round maps its large blocks afresh and faults in their pages (transparent
     # huge pages could fold 512 of them into one fault)
