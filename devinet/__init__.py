@@ -26,6 +26,7 @@ _EXPORTS = {
     "ConfigError": "errors",
     "InputError": "errors",
     "FileFormatError": "errors",
+    "Preprocessing": "preprocessing",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -92,3 +92,20 @@ def open_h5(path: str | os.PathLike, what: str = "h5py", extra: str = "keras"):
         return h5py.File(path, "r")
     except OSError as exc:
         raise FileFormatError(path, f"not an HDF5 file ({exc})") from None
+
+
+def exclusive_lock(path: str | os.PathLike, busy: str):
+    """Take the exclusive lock file ``path`` without waiting; returns the held lock (``.release()``).
+
+    The lock is the kernel's (flock through ``filelock``): it is released when the process
+    ends, however it ends. Raises FileFormatError naming ``path``'s folder with ``busy`` when
+    another process holds it.
+    """
+    import filelock
+
+    lock = filelock.FileLock(os.fspath(path), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise FileFormatError(Path(path).parent, busy) from None
+    return lock

@@ -4,7 +4,11 @@ A checkpoint is a ``torch.save`` of plain data only (dicts, lists, strings, numb
 tensors)::
 
     {"format": "devinet-checkpoint", "format_version": 1,
-     "config": DeviNetConfig.to_dict(), "state_dict": {...}, "metadata": {...}}
+     "config": DeviNetConfig.to_dict(), "state_dict": {...}, "metadata": {...},
+     "preprocessing": Preprocessing.to_dict() or None}
+
+``preprocessing`` (class names, feature recipe, scaler, post-processing defaults) makes the
+checkpoint usable on audio by itself; files written before it existed have none.
 
 :func:`load` reads it with ``torch.load(weights_only=True)``, so a crafted pickle cannot
 execute code, checks it completely and returns the model in eval mode.
@@ -22,27 +26,40 @@ import torch
 
 from ._io import atomic_path, check_destination
 from .config import DeviNetConfig
-from .errors import DevinetError, FileFormatError
+from .errors import DevinetError, FileFormatError, first_line
 from .model import DeviNet
+from .preprocessing import Preprocessing
 
 FORMAT = "devinet-checkpoint"
 FORMAT_VERSION = 1
 
 
 def save(model: DeviNet, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
-         force: bool = False) -> Path:
-    """Write ``model`` (config + weights + plain ``metadata``) to ``path`` atomically."""
+         force: bool = False, preprocessing: Preprocessing | None = None) -> Path:
+    """Write ``model`` (config + weights + plain ``metadata`` + ``preprocessing``) to ``path`` atomically.
+
+    ``preprocessing`` defaults to the model's own (``model.preprocessing``, set by :func:`load`).
+    """
     path = check_destination(path, force=force)
-    payload = {
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint_payload(model, metadata, preprocessing), tmp)
+    return path
+
+
+def checkpoint_payload(model: DeviNet, metadata: dict[str, Any] | None = None,
+            preprocessing: Preprocessing | None = None) -> dict[str, Any]:
+    """The plain data of a checkpoint of ``model`` (what :func:`save` writes)."""
+    preprocessing = preprocessing if preprocessing is not None else model.preprocessing
+    if preprocessing is not None:
+        preprocessing.check_model(model.config.num_classes, model.config.n_mels)
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
+        "preprocessing": None if preprocessing is None else preprocessing.to_dict(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
@@ -69,7 +86,7 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as exc:
         raise FileFormatError(path, f"cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 - whatever torch raises on a foreign or damaged file
-        raise FileFormatError(path, f"not a readable devinet checkpoint ({_first_line(exc)})") from None
+        raise FileFormatError(path, f"not a readable devinet checkpoint ({first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FileFormatError(path, "not a devinet checkpoint (missing format marker)")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -80,20 +97,13 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first non-empty line of an exception's message (or its type), at most ``limit`` characters."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _unpickling_detail(exc: BaseException) -> str:
     """What torch's weights-only unpickler refused, without its advice to load the file unsafely."""
     for line in str(exc).splitlines():
         line = line.strip()
         if line.startswith(("Trying to load unsupported", "Unsupported", "WeightsUnpickler error: ")) and \
                 line != "WeightsUnpickler error:":
-            return _first_line(Exception(line.removeprefix("WeightsUnpickler error: ")))
+            return first_line(Exception(line.removeprefix("WeightsUnpickler error: ")))
     return "not a torch weights file"
 
 
@@ -109,7 +119,7 @@ def load(path: str | os.PathLike, allow_nonfinite: bool = False) -> DeviNet:
     try:
         config = DeviNetConfig.from_dict(payload["config"])
     except (DevinetError, TypeError, ValueError) as exc:
-        raise FileFormatError(path, f"bad model config: {_first_line(exc)}") from None
+        raise FileFormatError(path, f"bad model config: {first_line(exc)}") from None
     state = payload["state_dict"]
     layers = config.num_blocks + len(config.rnn_hidden) + len(config.linear_layers)
     if layers > len(state):  # every layer holds at least one weight: refuse before building anything
@@ -122,7 +132,19 @@ def load(path: str | os.PathLike, allow_nonfinite: bool = False) -> DeviNet:
     load_state_dict_strict(model, state, source=str(path), allow_nonfinite=allow_nonfinite)
     model.eval()
     model.checkpoint_metadata = payload["metadata"]
+    model.preprocessing = _preprocessing(path, payload.get("preprocessing"), config)
     return model
+
+
+def _preprocessing(path: str | os.PathLike, data: Any, config: DeviNetConfig) -> Preprocessing | None:
+    if data is None:
+        return None
+    try:
+        found = Preprocessing.from_dict(data)
+        found.check_model(config.num_classes, config.n_mels)
+    except DevinetError as exc:
+        raise FileFormatError(path, f"bad preprocessing description: {first_line(exc)}") from None
+    return found
 
 
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, Any], source: str,

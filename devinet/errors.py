@@ -40,3 +40,18 @@ class MissingDependencyError(DevinetError, ImportError):
         super().__init__(
             f"{what} is not installed; install it with: pip install 'devinet[{extra}]'"
         )
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: names taken from a file (layer names, keys) may hold line breaks."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def first_line(exc: BaseException, limit: int = 200, with_type: bool = False) -> str:
+    """The first non-empty line of an exception's message, at most ``limit`` characters; the
+    exception's type alone when the message is empty, ``Type: line`` with ``with_type``."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if with_type else text

@@ -207,7 +207,7 @@ def _activate(name: str, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def _slope(name: str, value: torch.Tensor, pre: torch.Tensor) -> torch.Tensor | None:
-    """Derivative of activation ``name`` (None meaning 1) from what :func:`_activate_` kept.
+    """Derivative of activation ``name`` (None meaning 1) from what :func:`_activate` kept.
 
     It is the derivative autograd gives for :data:`ACTIVATIONS`, kinks included: torch.clamp
     passes the gradient at its bounds, so ``keras2_hard_sigmoid`` has 0.2 wherever

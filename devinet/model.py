@@ -35,6 +35,7 @@ from .layers import (
     count_keras_params,
     keras_glorot_init_,
 )
+from .preprocessing import Preprocessing
 
 
 class DeviNet(nn.Module):
@@ -50,6 +51,8 @@ class DeviNet(nn.Module):
         if not isinstance(config, DeviNetConfig):
             raise TypeError(f"DeviNet needs a DeviNetConfig, got {type(config).__name__}")
         self.config = config
+        #: how to run it on audio (classes, feature recipe, scaler, post-processing); set by devinet.load
+        self.preprocessing: Preprocessing | None = None
         c = config
         if c.gated_conv:
             block = GatedConvBlock
@@ -188,9 +191,8 @@ class DeviNet(nn.Module):
           activation (the first block's conv output, ``maps * T * n_mels`` values per clip) stays
           under ``micro_batch_mb`` MiB, so that the activations stay in the cache between
           layers (at least one clip per micro-batch; ``None``: the whole batch at once). The
-          GRUs and the head still see the whole batch. (The default, 16 MiB, is two clips of
-          240 frames: with a 32 MiB L3, 2 or 3 clips were fastest and the whole batch of 44
-          about 1.4x slower.)
+          GRUs and the head still see the whole batch. The default, 16 MiB, is two clips of
+          240 frames (docs/benchmarks.md, "Code choices", says how it was chosen).
 
         With ``channels_last`` the model's 4-d weights (and so its conv activations) move to
         ``torch.channels_last``, which oneDNN's convolutions run faster on the CPU.

@@ -24,27 +24,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from devinet.errors import FileFormatError, InputError
+from devinet.recipe import DCASE2017_CLASSES
 
 #: The 17 labels in the official order (the order of the original CVSSP config).
-CLASSES: tuple[str, ...] = (
-    "Train horn",
-    "Air horn, truck horn",
-    "Car alarm",
-    "Reversing beeps",
-    "Bicycle",
-    "Skateboard",
-    "Ambulance (siren)",
-    "Fire engine, fire truck (siren)",
-    "Civil defense siren",
-    "Police car (siren)",
-    "Screaming",
-    "Car",
-    "Car passing by",
-    "Bus",
-    "Truck",
-    "Motorcycle",
-    "Train",
-)
+CLASSES: tuple[str, ...] = DCASE2017_CLASSES
 
 _YOUTUBE_ID_LENGTH = 11
 # In the clip lists, labels are joined by a bare comma while two labels contain ", "

@@ -24,14 +24,9 @@ import contextlib
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
-import select
 import shutil
-import sys
-import threading
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +34,16 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from devinet import features as F
-from devinet._io import atomic_path, atomic_write_json, check_destination, import_h5py, open_h5
+from devinet.features import (
+    FMAX, FMIN, FRAMES, HOP, LOG_OFFSET, N_FFT, N_MELS, ORIGINAL_RESAMPLER, SAMPLE_RATE, AudioFileError, Scaler,
+    canonical_resampler,
+    extract_logmel, extract_logmel_batch, num_frames, pad_or_truncate, read_audio, resampled_length,
+)
+from devinet._io import atomic_path, atomic_write_json, check_destination, exclusive_lock, import_h5py, open_h5
 from devinet.errors import DevinetError, FileFormatError, InputError
 
-from . import meta as M
+from . import meta
+from .workers import bounded, process_pool, usable_cores
 
 FORMAT_VERSION = 1
 BACKENDS = ("reference", "torch")
@@ -53,6 +53,8 @@ BACKENDS = ("reference", "torch")
 MAX_SECONDS = 1800.0
 SKIP_KINDS = ("missing", "empty", "unreadable")
 _CHUNK_NAME = re.compile(r"^chunk_(\d{6})\.npz$")
+#: modules the worker processes import once, up front
+_PRELOAD = (__name__, "scipy.signal", "soundfile", "librosa")
 
 
 class NothingPackedError(FileFormatError):
@@ -110,12 +112,12 @@ class PackedSplit:
 # Planning: which clips, where their audio is, their labels
 
 
-def recipe(backend: str = "reference", resampler: str = "original") -> dict:
+def recipe(backend: str = "reference", resampler: str = ORIGINAL_RESAMPLER) -> dict:
     """The feature recipe a packed file was made with (stored in its ``recipe`` attribute)."""
     return {
-        "sample_rate": F.SAMPLE_RATE, "n_fft": F.N_FFT, "hop": F.HOP, "window": "hamming (symmetric)",
-        "spectrogram": "scipy magnitude, fs=1 scaling", "n_mels": F.N_MELS, "fmin": F.FMIN, "fmax": F.FMAX,
-        "mel": "slaney (librosa.filters.mel defaults)", "log_offset": F.LOG_OFFSET, "frames": F.FRAMES,
+        "sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP, "window": "hamming (symmetric)",
+        "spectrogram": "scipy magnitude, fs=1 scaling", "n_mels": N_MELS, "fmin": FMIN, "fmax": FMAX,
+        "mel": "slaney (librosa.filters.mel defaults)", "log_offset": LOG_OFFSET, "frames": FRAMES,
         "padding": "zeros at the end", "mono": "channel mean",
         "resampler": resampler,
         "backend": backend,
@@ -137,10 +139,10 @@ def index_wav_folder(wav_dir: str | os.PathLike) -> dict[str, Path]:
         if not entry.name.lower().endswith(".wav") or entry.is_dir():
             continue
         try:
-            key = M.clip_key(entry.name)
+            key = meta.clip_key(entry.name)
         except DevinetError:
             key = entry.name[:-4]
-        if key not in found or entry.name == M.wav_name(key):
+        if key not in found or entry.name == meta.wav_name(key):
             found[key] = Path(entry.path)
     return found
 
@@ -153,9 +155,9 @@ def _plan(wav_dir, meta_path) -> tuple[list[str], dict[str, Path], dict[str, np.
             raise FileFormatError(wav_dir, "no .wav files in this folder")
         return sorted(wavs), wavs, None
     labels: dict[str, np.ndarray] = {}
-    for key, names in M.read_clip_labels(meta_path).items():
+    for key, names in meta.read_clip_labels(meta_path).items():
         try:
-            labels[key] = M.labels_to_multihot(names)
+            labels[key] = meta.labels_to_multihot(names)
         except InputError as exc:
             raise FileFormatError(meta_path, f"clip {key}: {exc}") from None
     return list(labels), {key: wavs[key] for key in labels if key in wavs}, labels
@@ -169,44 +171,11 @@ def _chunks(keys: Sequence[str], chunk_size: int) -> list[list[str]]:
 # Work done in the pool's processes (module-level functions: they are pickled by name)
 
 
-def _init_worker(packer_pid: int) -> None:
-    """One thread per worker (the pool already uses every core); exit with the packer."""
-    import torch
-
-    torch.set_num_threads(1)
-    with contextlib.suppress(ImportError):
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    threading.Thread(target=_exit_when_gone, args=(packer_pid,), daemon=True).start()
-
-
-def _exit_when_gone(pid: int) -> None:
-    """End this worker once the packing process has ended.
-
-    Pool workers hold both ends of their task queue, so they never see it close: a packer
-    killed with SIGKILL would leave them waiting forever.
-    """
-    if hasattr(os, "pidfd_open"):
-        with contextlib.suppress(OSError):
-            descriptor = os.pidfd_open(pid)
-            select.select([descriptor], [], [])  # readable once the process has exited
-            os._exit(1)
-    while True:  # no pidfd (not Linux, or an old kernel): poll
-        time.sleep(1.0)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except PermissionError:  # exists (another user's process would mean a reused pid: rare)
-            pass
-
-
 def _present_clips(clips: list[tuple[str, str | None]], skipped: list[Skipped]):
     """Yield the (key, path) of clips whose file exists; record the others in ``skipped`` as missing."""
     for key, path in clips:
         if path is None:
-            skipped.append(Skipped(key, "missing", f"no {M.wav_name(key)} in the wav folder"))
+            skipped.append(Skipped(key, "missing", f"no {meta.wav_name(key)} in the wav folder"))
         else:
             yield key, path
 
@@ -218,8 +187,8 @@ def _extract_chunk(index: int, clips: list[tuple[str, str | None]], resampler: s
     for key, path in _present_clips(clips, skipped):
         try:
             _check_duration(path)
-            done.append((key, F.extract_logmel(path, resampler=resampler)))
-        except F.AudioFileError as exc:
+            done.append((key, extract_logmel(path, resampler=resampler)))
+        except AudioFileError as exc:
             skipped.append(Skipped(key, exc.kind, exc.problem))
     return index, _chunk_arrays(done, skipped)
 
@@ -235,11 +204,11 @@ def _decode_chunk(index: int, clips: list[tuple[str, str | None]]) -> tuple[int,
     for key, path in _present_clips(clips, skipped):
         try:
             _check_duration(path)
-            audio, rate = F.read_audio(path)
-        except F.AudioFileError as exc:
+            audio, rate = read_audio(path)
+        except AudioFileError as exc:
             skipped.append(Skipped(key, exc.kind, exc.problem))
             continue
-        frames = F.num_frames(F.resampled_length(audio.shape[0], rate))
+        frames = num_frames(resampled_length(audio.shape[0], rate))
         decoded.append((key, audio[: _samples_needed(rate)].astype(np.float32), rate, frames))
     return index, decoded, skipped
 
@@ -247,8 +216,8 @@ def _decode_chunk(index: int, clips: list[tuple[str, str | None]]) -> tuple[int,
 def _samples_needed(rate: int) -> int:
     """Input samples at ``rate`` that the first 240 frames depend on, with a margin (0.1 s) beyond the
     resampler's reach (64 zero crossings: at most 64 * rate / 16000 input samples)."""
-    at_16k = F.N_FFT + (F.FRAMES - 1) * F.HOP
-    return math.ceil(at_16k * rate / F.SAMPLE_RATE) + rate // 10 + 128
+    at_16k = N_FFT + (FRAMES - 1) * HOP
+    return math.ceil(at_16k * rate / SAMPLE_RATE) + rate // 10 + 128
 
 
 def _check_duration(path: str) -> None:
@@ -260,9 +229,9 @@ def _check_duration(path: str) -> None:
     except (soundfile.SoundFileError, RuntimeError, OSError):
         return  # not decodable at all: read_audio says why
     if info.samplerate > 0 and info.frames > 0 and info.frames / info.samplerate > MAX_SECONDS:
-        raise F.AudioFileError(path, "unreadable", f"too long to decode: {info.frames / info.samplerate:.0f} s "
+        raise AudioFileError(path, "unreadable", f"too long to decode: {info.frames / info.samplerate:.0f} s "
                                                    f"(the limit is {MAX_SECONDS:.0f} s; only the first "
-                                                   f"{F.FRAMES * F.HOP / F.SAMPLE_RATE:.0f} s are packed: trim it)")
+                                                   f"{FRAMES * HOP / SAMPLE_RATE:.0f} s are packed: trim it)")
 
 
 def _chunk_arrays(done: list[tuple[str, np.ndarray]], skipped: list[Skipped],
@@ -271,7 +240,7 @@ def _chunk_arrays(done: list[tuple[str, np.ndarray]], skipped: list[Skipped],
 
     ``n_frames``: each clip's frames before truncation, when its features were computed from a prefix.
     """
-    features = np.stack([F.pad_or_truncate(x) for _, x in done]) if done else np.zeros((0, F.FRAMES, F.N_MELS), np.float32)
+    features = np.stack([pad_or_truncate(x) for _, x in done]) if done else np.zeros((0, FRAMES, N_MELS), np.float32)
     return {
         "names": np.array([key for key, _ in done], dtype=str).reshape(-1),
         "features": features.astype(np.float32),
@@ -325,16 +294,7 @@ class _WorkFolder:
         atomic_write_json(manifest, self.job)
 
     def _take_lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no protection against two concurrent runs
-            return
-        self._lock = open(self.path / "lock", "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise FileFormatError(self.path, "another devinet features run is writing this output") from None
+        self._lock = exclusive_lock(self.path / "lock", "another devinet features run is writing this output")
 
     def chunk_path(self, index: int) -> Path:
         return self.path / f"chunk_{index:06d}.npz"
@@ -375,7 +335,7 @@ class _WorkFolder:
 
     def release(self) -> None:
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
 
@@ -391,7 +351,7 @@ def pack_split(
     jobs: int | None = None,
     chunk_size: int = 32,
     backend: str = "reference",
-    resampler: str = "original",
+    resampler: str = ORIGINAL_RESAMPLER,
     device: str = "cpu",
     force: bool = False,
     progress: bool = True,
@@ -403,11 +363,11 @@ def pack_split(
         out_path: the HDF5 file to create.
         meta_path: a clip list (training_set.csv, testing_set.csv) or a weak-label file; None
             packs every wav of the folder without labels.
-        jobs: worker processes (default: :func:`default_jobs`, the usable cores).
+        jobs: worker processes (default: the usable cores; 1: none, the work runs in this process).
         chunk_size: clips per task and per resumable unit of work.
         backend: "reference" (:func:`extract_logmel` in the workers) or "torch" (workers decode,
             :func:`extract_logmel_batch` runs on ``device`` in this process).
-        resampler: resampler of the reference backend ("original" or "soxr_hq").
+        resampler: resampler of the reference backend (:data:`devinet.features.RESAMPLERS`).
         device: torch device of the torch backend.
         force: overwrite an existing output and discard an unfinished run of another job.
         progress: show a tqdm progress bar.
@@ -417,13 +377,12 @@ def pack_split(
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if resampler not in F.RESAMPLERS:
-        raise InputError(f"unknown resampler {resampler!r}; expected one of {', '.join(F.RESAMPLERS)}")
-    if backend == "torch" and resampler != "original":
+    resampler = canonical_resampler(resampler)
+    if backend == "torch" and resampler != ORIGINAL_RESAMPLER:
         raise InputError("the torch backend implements the original resampler only")
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
-    jobs = default_jobs() if jobs is None else jobs
+    jobs = usable_cores() if jobs is None else jobs
     if jobs < 1:
         raise InputError(f"jobs must be >= 1, got {jobs}")
     out_path = check_destination(out_path, force)
@@ -475,62 +434,13 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
         bar.close()
 
 
-def default_jobs() -> int:
-    """Worker processes by default: the cores this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-class _InProcess(concurrent.futures.Executor):
-    """``jobs=1``: the same code path without worker processes (debuggers, small folders)."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # handed to the caller by future.result(), as a pool would
-            future.set_exception(exc)
-        return future
-
-
-def _pool(workers: int) -> concurrent.futures.Executor:
-    if workers == 1:
-        return _InProcess()
-    if sys.platform.startswith("linux"):
-        # forkserver: workers fork from a clean server that imported the extraction stack once
-        # (fast start, and no fork of a process that holds torch or BLAS threads).
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__, "scipy.signal", "soundfile", "librosa"])
-    else:
-        context = multiprocessing.get_context("spawn")
-    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                                                  initargs=(os.getpid(),))
-
-
-def _bounded(pool, submit, items: list, window: int) -> Iterator:
-    """Results of ``submit(pool, item)`` as they complete, with at most ``window`` in flight."""
-    queue = list(items)
-    running: set = set()
-    try:
-        while queue or running:
-            while queue and len(running) < window:
-                running.add(submit(pool, queue.pop(0)))
-            finished, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
-                yield future.result()
-    finally:
-        for future in running:
-            future.cancel()
-
-
 def _run_reference(tasks: dict, work: _WorkFolder, resampler: str, jobs: int, bar) -> None:
     if not tasks:
         return
-    with _pool(jobs) as pool:
+    with process_pool(jobs, _PRELOAD) as pool:
         window = 2 * jobs
         submit = lambda p, i: p.submit(_extract_chunk, i, tasks[i], resampler)  # noqa: E731
-        for index, arrays in _bounded(pool, submit, sorted(tasks), window):
+        for index, arrays in bounded(pool, submit, sorted(tasks), window):
             work.write_chunk(index, arrays)
             bar.update(len(tasks[index]))
 
@@ -538,11 +448,11 @@ def _run_reference(tasks: dict, work: _WorkFolder, resampler: str, jobs: int, ba
 def _run_torch(tasks: dict, work: _WorkFolder, device: str, jobs: int, bar) -> None:
     if not tasks:
         return
-    with _pool(jobs) as pool:
+    with process_pool(jobs, _PRELOAD) as pool:
         window = jobs + 2  # decoded waveforms wait in memory: keep few in flight
         submit = lambda p, i: p.submit(_decode_chunk, i, tasks[i])  # noqa: E731
-        for index, decoded, skipped in _bounded(pool, submit, sorted(tasks), window):
-            logmels = F.extract_logmel_batch([w for _, w, _, _ in decoded], [r for _, _, r, _ in decoded],
+        for index, decoded, skipped in bounded(pool, submit, sorted(tasks), window):
+            logmels = extract_logmel_batch([w for _, w, _, _ in decoded], [r for _, _, r, _ in decoded],
                                              device=device)
             work.write_chunk(index, _chunk_arrays([(key, x) for (key, *_), x in zip(decoded, logmels)], skipped,
                                                   n_frames=[frames for *_, frames in decoded]))
@@ -568,14 +478,14 @@ def _assemble(h5py, work: _WorkFolder, chunks, out_path: Path, labels, this_reci
     string = h5py.string_dtype("utf-8")
     with atomic_path(out_path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as h5:
-            features = h5.create_dataset("features", shape=(len(names), F.FRAMES, F.N_MELS), dtype="float32")
+            features = h5.create_dataset("features", shape=(len(names), FRAMES, N_MELS), dtype="float32")
             row = 0
             for index in range(len(chunks)):
                 block = work.read_chunk(index)["features"]
                 features[row : row + block.shape[0]] = block
                 row += block.shape[0]
             target = np.stack([labels[name] for name in names]) if labels is not None else \
-                np.zeros((len(names), len(M.CLASSES)), np.float32)
+                np.zeros((len(names), len(meta.CLASSES)), np.float32)
             h5.create_dataset("labels", data=target.astype(np.float32))
             h5.create_dataset("names", data=names, dtype=string)
             h5.create_dataset("n_frames", data=np.concatenate(n_frames).astype(np.int32))
@@ -585,7 +495,7 @@ def _assemble(h5py, work: _WorkFolder, chunks, out_path: Path, labels, this_reci
             group.create_dataset("details", data=[s.detail for s in skipped], dtype=string)
             h5.attrs["format_version"] = FORMAT_VERSION
             h5.attrs["recipe"] = json.dumps(this_recipe)
-            h5.attrs["classes"] = json.dumps(list(M.CLASSES))
+            h5.attrs["classes"] = json.dumps(list(meta.CLASSES))
             h5.attrs["has_labels"] = labels is not None
             h5.attrs["backend"] = this_recipe["backend"]
             h5.attrs["meta"] = "" if meta_path is None else str(Path(meta_path).resolve())
@@ -633,7 +543,7 @@ def read_skipped(path: str | os.PathLike) -> list[Skipped]:
                 zip(group["names"].asstr()[()], group["kinds"].asstr()[()], group["details"].asstr()[()])]
 
 
-def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, clips_per_read: int = 512) -> F.Scaler:
+def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, clips_per_read: int = 512) -> Scaler:
     """Per mel bin mean/std of a packed (training) split, streamed from the file.
 
     By default every one of the 240 frames counts, zero padding included, as the original
@@ -647,15 +557,15 @@ def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, cl
             for start in range(0, features.shape[0], clips_per_read):
                 block = features[start : start + clips_per_read]
                 if valid_frames_only:
-                    keep = np.arange(F.FRAMES)[None, :] < n_frames[start : start + clips_per_read, None]
+                    keep = np.arange(FRAMES)[None, :] < n_frames[start : start + clips_per_read, None]
                     block = block[keep]
                 yield block
 
-        return F.Scaler.fit(batches())
+        return Scaler.fit(batches())
 
 
 __all__ = [
     "FORMAT_VERSION", "BACKENDS", "SKIP_KINDS", "MAX_SECONDS", "NothingPackedError", "WorkerDiedError", "Skipped",
     "PackResult", "PackedSplit",
-    "recipe", "default_jobs", "index_wav_folder", "pack_split", "load_packed", "read_skipped", "fit_scaler",
+    "recipe", "index_wav_folder", "pack_split", "load_packed", "read_skipped", "fit_scaler",
 ]

@@ -32,7 +32,7 @@ import numpy as np
 from devinet._io import atomic_write_json, atomic_write_text
 from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import FRAMES, N_MELS, Scaler
-from experiments import evaluation as E
+from experiments import evaluation
 from experiments.meta import CLASSES, clip_key
 from experiments.systems import SYSTEMS, SizeConfig, frames_at_input_rate, load_size_config, resolve_systems
 from experiments.train import EvalSet, TrainResult, fused_predictions, train
@@ -81,7 +81,7 @@ class Options:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, command: str = "") -> "Options":
-        from experiments.packing import default_jobs
+        from experiments.workers import usable_cores
 
         chosen = [name for name, given in (("--quick", args.quick), ("--size", args.size), ("--config", args.config))
                   if given]
@@ -101,7 +101,7 @@ class Options:
         return cls(size=size, out=out, work_dir=Path(args.work_dir) if args.work_dir else out / "work",
                    data_root=path(args.data_root), meta_dir=path(args.meta_dir), train_audio=path(args.train_audio),
                    test_audio=path(args.test_audio), systems=resolve_systems(args.systems), seed=args.seed,
-                   jobs=args.jobs or default_jobs(), device=args.device, threads=args.threads,
+                   jobs=args.jobs or usable_cores(), device=args.device, threads=args.threads,
                    deterministic=args.deterministic,
                    force=args.force, progress=args.progress, command=command)
 
@@ -297,7 +297,8 @@ def train_systems(options: Options, dataset: Dataset, features: Features) -> dic
             options.size.model(system), features.train.features, features.train.labels,
             features.scaler, run_dir(options, dataset, system), options.size.training, seed=options.seed,
             deterministic=options.deterministic, monitor=monitor, eval_batch_size=options.size.eval_batch_size,
-            force=options.force, device=options.device, name=system, progress=options.progress)
+            force=options.force, device=options.device, name=system, progress=options.progress,
+            classes=CLASSES)
     return results
 
 
@@ -325,8 +326,8 @@ def predict_systems(options: Options, dataset: Dataset, features: Features) -> d
                                         np.mean([found[m].framewise for m in spec.members], axis=0))
         folder = options.work_dir / "predictions" / dataset.tag / options.experiment / system
         folder.mkdir(parents=True, exist_ok=True)
-        E.write_at_probabilities(folder / "at_prob_mat.csv.gz", features.test.names, found[system].clipwise)
-        E.write_sed_probabilities(folder / "sed_prob_mat_list.csv.gz", features.test.names,
+        evaluation.write_at_probabilities(folder / "at_prob_mat.csv.gz", features.test.names, found[system].clipwise)
+        evaluation.write_sed_probabilities(folder / "sed_prob_mat_list.csv.gz", features.test.names,
                                   list(found[system].framewise))
     return found
 
@@ -334,8 +335,8 @@ def predict_systems(options: Options, dataset: Dataset, features: Features) -> d
 def _truth(dataset: Dataset, names: list[str]) -> tuple[dict[str, frozenset[str]], list]:
     """The official ground truth restricted to the clips that have audio (the others cannot be predicted)."""
     present = set(names)
-    weak = E.read_at_truth(dataset.meta["weak_truth"])
-    strong = E.read_sed_truth(dataset.meta["strong_truth"])
+    weak = evaluation.read_at_truth(dataset.meta["weak_truth"])
+    strong = evaluation.read_sed_truth(dataset.meta["strong_truth"])
     unknown = sorted(present - set(weak))
     if unknown:
         raise FileFormatError(dataset.meta["weak_truth"], f"does not list packed testing clip {unknown[0]}")
@@ -347,9 +348,9 @@ def evaluate_systems(dataset: Dataset, names: list[str], predictions: dict[str, 
     weak, strong = _truth(dataset, names)
     scores = {}
     for system, pred in predictions.items():
-        at = E.evaluate_at(pred.clipwise, names, weak)
-        events = [event for key, frames in zip(names, pred.framewise) for event in E.frames_to_events(frames, key)]
-        sed = E.evaluate_sed(events, strong)
+        at = evaluation.evaluate_at(pred.clipwise, names, weak)
+        events = [event for key, frames in zip(names, pred.framewise) for event in evaluation.frames_to_events(frames, key)]
+        sed = evaluation.evaluate_sed(events, strong)
         scores[system] = {"at": at, "sed": sed}
     return scores
 
@@ -427,12 +428,12 @@ def write_report(options: Options, dataset: Dataset, features: Features, runs: d
     key = names[example]
     clip_data = {
         "clip": key,
-        "frame_step": E.FRAME_STEP_SEC,
+        "frame_step": evaluation.FRAME_STEP_SEC,
         "logmel": _rounded(features.test.features[example], 2),
         "events": [{"label": e.label, "onset": e.onset, "offset": e.offset} for e in strong if clip_key(e.key) == key],
         "framewise": {s: _rounded(predictions[s].framewise[example], 3) for s in options.systems},
         "classes": list(CLASSES),
-        "threshold": E.DEFAULT_THRESHOLD,
+        "threshold": evaluation.DEFAULT_THRESHOLD,
     }
     atomic_write_json(out / "figures" / "clip_example.json", clip_data, indent=None)
 

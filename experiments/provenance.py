@@ -8,6 +8,7 @@ import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Sequence
 
 #: packages whose versions can change a result of the experiments
 PACKAGES = ("torch", "numpy", "scipy", "librosa", "soundfile", "h5py", "scikit-learn", "sed_eval", "matplotlib")
@@ -27,12 +28,13 @@ def git_revision(root: str | os.PathLike = _REPO_ROOT) -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
-def versions() -> dict[str, str | None]:
-    """Python, devinet, the result-relevant packages, the git revision, platform and CPU threads."""
+def versions(packages: Sequence[str] = PACKAGES, extra: Sequence[str] = ()) -> dict[str, str | None]:
+    """Python, devinet, ``packages`` and ``extra`` (None when not installed), the git revision,
+    platform and CPU threads: what produced a result, recorded beside it."""
     import devinet
 
     found: dict[str, str | None] = {"python": platform.python_version(), "devinet": devinet.__version__}
-    for package in PACKAGES:
+    for package in (*packages, *extra):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

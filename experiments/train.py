@@ -2,7 +2,7 @@
 
 The recipe (yongxuUSTC/dcase2017_task4_cvssp): Adam with learning rate 1e-3, binary
 cross-entropy on the clip-level output, class-ratio balanced batches of 44
-(:class:`devinet.batching.BalancedBatchSampler`), 100 iterations make an "epoch", a checkpoint
+(:class:`experiments.batching.BalancedBatchSampler`), 100 iterations make an "epoch", a checkpoint
 after every epoch, and predictions averaged over the checkpoints of the last epochs (the
 original fused epochs 20..29 of 30). Features are standardised per mel bin with the scaler
 fitted on the training split. The loss clips probabilities to [1e-7, 1 - 1e-7] before the
@@ -45,12 +45,14 @@ import torch
 import torch.nn.functional as F
 
 from devinet import checkpoint as ckpt
-from devinet._io import atomic_path, atomic_write_json, atomic_write_text
-from devinet.batching import BalancedBatchSampler
+from devinet._io import atomic_path, atomic_write_json, atomic_write_text, exclusive_lock
+from experiments.batching import BalancedBatchSampler
 from devinet.config import DeviNetConfig
 from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import Scaler
 from devinet.model import DeviNet
+from devinet.preprocessing import Preprocessing, default_classes
+from experiments.evaluation.tagging import at_micro_f1
 
 TRAINING_STATE_FORMAT = "devinet-training-state"
 TRAINING_STATE_VERSION = 1
@@ -174,15 +176,6 @@ def keras_bce(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy(probs.clamp(BCE_EPSILON, 1.0 - BCE_EPSILON), targets)
 
 
-def at_micro_f1(probs: np.ndarray, labels: np.ndarray) -> float:
-    """AT micro F1 of (N, C) probabilities against (N, C) multi-hot labels, with CVSSP's 0.3 / arg-max rule."""
-    from sklearn.metrics import f1_score
-
-    from experiments.evaluation import at_decisions
-
-    return float(f1_score(np.asarray(labels, dtype=bool), at_decisions(probs), average="micro", zero_division=0))
-
-
 def predict(model: DeviNet, features: Any, scaler: Scaler, batch_size: int = 32,
             device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Probabilities of every clip: clip-level (N, C) and frame-level (N, T_out, C), float32.
@@ -263,20 +256,12 @@ class RunFolder:
     # lifecycle
     def lock(self) -> None:
         """Hold an exclusive lock on the folder (released by :meth:`unlock` or when the process dies)."""
-        import fcntl
-
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / "lock", "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            self._lock = None
-            raise FileFormatError(self.path, "another process is training in this run folder") from None
+        self._lock = exclusive_lock(self.path / "lock", "another process is training in this run folder")
 
     def unlock(self) -> None:
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def remove_stale_temporaries(self) -> None:
@@ -322,22 +307,17 @@ def _save_checkpoint(folder: RunFolder, model: DeviNet, optimizer: torch.optim.O
                      sampler: BalancedBatchSampler, epoch: int, history: list[dict[str, Any]],
                      identity: dict[str, Any]) -> None:
     """One epoch's checkpoint, atomically: a devinet checkpoint plus the ``training`` state (plain data)."""
-    payload = {
-        "format": ckpt.FORMAT,
-        "format_version": ckpt.FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "metadata": {"epoch": epoch, "iteration": history[-1]["iteration"], "run": identity["name"]},
-        "training": {
-            "format": TRAINING_STATE_FORMAT,
-            "version": TRAINING_STATE_VERSION,
-            "epoch": epoch,
-            "identity": json.dumps(identity["trained"], sort_keys=True),
-            "optimizer": optimizer.state_dict(),
-            "sampler": sampler.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "history": history,
-        },
+    payload = ckpt.checkpoint_payload(model, {"epoch": epoch, "iteration": history[-1]["iteration"],
+                                              "run": identity["name"]})
+    payload["training"] = {
+        "format": TRAINING_STATE_FORMAT,
+        "version": TRAINING_STATE_VERSION,
+        "epoch": epoch,
+        "identity": json.dumps(identity["trained"], sort_keys=True),
+        "optimizer": optimizer.state_dict(),
+        "sampler": sampler.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
     }
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder.checkpoint(epoch)) as tmp:
@@ -382,6 +362,7 @@ def train(
     device: str | torch.device = "cpu",
     name: str = "model",
     progress: bool = True,
+    classes: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train (or resume training) ``model_config`` on ``features``/``labels`` in ``run_dir``.
 
@@ -404,13 +385,14 @@ def train(
         device: torch device to train on (determinism is guaranteed on CPU).
         name: the run's name, recorded in run.json and the checkpoints.
         progress: show a tqdm progress bar.
+        classes: names of the outputs (default: the DCASE 2017 labels for 17 classes, else
+            ``class_<k>``); with ``scaler`` and the original feature recipe they make every
+            checkpoint self-describing (``model.preprocessing`` after ``devinet.load``).
 
     Returns:
         A :class:`TrainResult`. Raises ConfigError when ``run_dir`` holds a run of another setup
         (unless ``force``).
     """
-    from tqdm.auto import tqdm
-
     from experiments.provenance import now, versions
 
     if keep_checkpoints not in KEEP_POLICIES:
@@ -447,39 +429,92 @@ def train(
             atomic_write_json(folder.path / RUN_FILE, {**identity, "schedule": schedule.to_dict(),
                                                        "created": now(), "versions": versions()})
 
+        preprocessing = Preprocessing(classes=tuple(classes or default_classes(model_config.num_classes)),
+                                      scaler=scaler)
+        job = _Job(folder, identity, model_config, features, labels, scaler, schedule, seed, monitor,
+                   eval_batch_size, keep_checkpoints, stop_after, device, progress, preprocessing)
         with deterministic_algorithms(deterministic):
-            return _train_loop(folder, identity, model_config, features, labels, scaler, schedule, seed, monitor,
-                               eval_batch_size, keep_checkpoints, stop_after, device, progress, tqdm)
+            return _train_loop(job)
     finally:
         folder.unlock()
 
 
-def _train_loop(folder: RunFolder, identity, model_config, features, labels, scaler, schedule, seed, monitor,
-                eval_batch_size, keep_checkpoints, stop_after, device, progress, tqdm) -> TrainResult:
-    torch.manual_seed(seed)
-    model = DeviNet(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.learning_rate)
-    sampler = BalancedBatchSampler(labels, batch_size=schedule.batch_size, seed=seed)
-    history: list[dict[str, Any]] = []
-    done = folder.completed_epochs()
-    start = done[-1] if done else 0
-    if start:
-        payload = _read_training_state(folder.checkpoint(start), identity)
-        ckpt.load_state_dict_strict(model, payload["state_dict"], source=str(folder.checkpoint(start)))
-        state = payload["training"]
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        history = list(state["history"])
+def make_optimizer(model: DeviNet, learning_rate: float) -> torch.optim.Optimizer:
+    """The recipe's optimizer: Adam at ``learning_rate``."""
+    return torch.optim.Adam(model.parameters(), lr=learning_rate)
+
+
+class TrainingStep:
+    """One step of the recipe: forward, Keras binary cross-entropy on the clip output, backward,
+    optimizer step. ``step(x, y)`` returns the loss (a 0-d tensor, not synchronised)."""
+
+    def __init__(self, model: DeviNet, optimizer: torch.optim.Optimizer):
+        self.model = model
+        self.optimizer = optimizer
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = keras_bce(self.model(x)["clipwise"], y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+@dataclass
+class _Job:
+    """What one call of :func:`train` trains (its arguments, checked), and where."""
+
+    folder: RunFolder
+    identity: dict[str, Any]
+    model_config: DeviNetConfig
+    features: Any
+    labels: np.ndarray
+    scaler: Scaler
+    schedule: TrainSchedule
+    seed: int
+    monitor: EvalSet | None
+    eval_batch_size: int
+    keep_checkpoints: str
+    stop_after: int | None
+    device: str | torch.device
+    progress: bool
+    preprocessing: Preprocessing
+
+
+def _restore(job: _Job, model: DeviNet, optimizer: torch.optim.Optimizer,
+             sampler: BalancedBatchSampler) -> tuple[int, list[dict[str, Any]]]:
+    """Load the last checkpoint of the run folder, if any: (its epoch, the history so far)."""
+    done = job.folder.completed_epochs()
+    if not done:
+        return 0, []
+    path = job.folder.checkpoint(done[-1])
+    payload = _read_training_state(path, job.identity)
+    ckpt.load_state_dict_strict(model, payload["state_dict"], source=str(path))
+    state = payload["training"]
+    optimizer.load_state_dict(state["optimizer"])
+    sampler.set_state(state["sampler"])
+    torch.set_rng_state(state["torch_rng"])
+    return done[-1], list(state["history"])
+
+
+def _train_loop(job: _Job) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    schedule = job.schedule
+    torch.manual_seed(job.seed)
+    model = DeviNet(job.model_config).to(job.device)
+    model.preprocessing = job.preprocessing
+    optimizer = make_optimizer(model, schedule.learning_rate)
+    step = TrainingStep(model, optimizer)
+    sampler = BalancedBatchSampler(job.labels, batch_size=schedule.batch_size, seed=job.seed)
+    start, history = _restore(job, model, optimizer, sampler)
     # The log may hold a record newer than the last checkpoint (killed in between): the
     # checkpoint's history is the truth.
-    folder.write_history(history)
-    target = schedule.epochs if stop_after is None else min(schedule.epochs, max(stop_after, start))
-    fused = set(schedule.fused_epochs)
-    y_all = torch.from_numpy(labels)
-    total = schedule.epochs * schedule.iterations_per_epoch
-    bar = tqdm(total=total, initial=start * schedule.iterations_per_epoch, unit="it", desc=identity["name"],
-               disable=not progress, dynamic_ncols=True)
+    job.folder.write_history(history)
+    target = schedule.epochs if job.stop_after is None else min(schedule.epochs, max(job.stop_after, start))
+    y_all = torch.from_numpy(job.labels)
+    bar = tqdm(total=schedule.epochs * schedule.iterations_per_epoch, initial=start * schedule.iterations_per_epoch,
+               unit="it", desc=job.identity["name"], disable=not job.progress, dynamic_ncols=True)
     try:
         for epoch in range(start + 1, target + 1):
             model.train()
@@ -487,36 +522,36 @@ def _train_loop(folder: RunFolder, identity, model_config, features, labels, sca
             losses = []
             for _ in range(schedule.iterations_per_epoch):
                 index = next(sampler)
-                x = torch.from_numpy(scaler.transform(gather(features, index))).to(device)
-                loss = keras_bce(model(x)["clipwise"], y_all[index].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
+                x = torch.from_numpy(job.scaler.transform(gather(job.features, index))).to(job.device)
+                losses.append(step(x, y_all[index].to(job.device)).item())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}", refresh=False)
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "iteration": epoch * schedule.iterations_per_epoch,
-                "loss": float(np.mean(losses)),
-                "loss_last": losses[-1],
-                "train_seconds": time.perf_counter() - began,
-            }
-            if monitor is not None:
-                began = time.perf_counter()
-                clip, frame = predict(model, monitor.features, scaler, eval_batch_size, device)
-                record[f"{monitor.name}_at_f1"] = at_micro_f1(clip, monitor.labels)
-                record[f"{monitor.name}_seconds"] = time.perf_counter() - began
-                if epoch in fused:
-                    _save_predictions(folder.predictions(monitor.name, epoch), clip, frame, _eval_fingerprint(monitor))
-            history.append(record)
-            _save_checkpoint(folder, model, optimizer, sampler, epoch, history, identity)
-            folder.write_history(history)
-            if keep_checkpoints == "fused":
-                folder.prune(epoch, fused)
+            record = {"epoch": epoch, "iteration": epoch * schedule.iterations_per_epoch,
+                      "loss": float(np.mean(losses)), "loss_last": losses[-1],
+                      "train_seconds": time.perf_counter() - began}
+            history.append(record | _monitor(job, model, epoch))
+            _save_checkpoint(job.folder, model, optimizer, sampler, epoch, history, job.identity)
+            job.folder.write_history(history)
+            if job.keep_checkpoints == "fused":
+                job.folder.prune(epoch, set(schedule.fused_epochs))
     finally:
         bar.close()
-    return TrainResult(folder.path, schedule.epochs, len(history), history, start)
+    return TrainResult(job.folder.path, schedule.epochs, len(history), history, start)
+
+
+def _monitor(job: _Job, model: DeviNet, epoch: int) -> dict[str, Any]:
+    """Predict the monitored set after ``epoch``: its AT micro F1 for the log; its predictions are
+    kept when the epoch is fused."""
+    monitor = job.monitor
+    if monitor is None:
+        return {}
+    began = time.perf_counter()
+    clip, frame = predict(model, monitor.features, job.scaler, job.eval_batch_size, job.device)
+    record = {f"{monitor.name}_at_f1": at_micro_f1(clip, monitor.labels),
+              f"{monitor.name}_seconds": time.perf_counter() - began}
+    if epoch in job.schedule.fused_epochs:
+        _save_predictions(job.folder.predictions(monitor.name, epoch), clip, frame, _eval_fingerprint(monitor))
+    return record
 
 
 # ---------------------------------------------------------------------- predictions of a run
@@ -563,5 +598,6 @@ def fused_predictions(run_dir: str | os.PathLike, eval_set: EvalSet, scaler: Sca
 
 __all__ = [
     "TrainSchedule", "EvalSet", "TrainResult", "RunFolder", "train", "predict", "fused_predictions", "run_schedule",
-    "keras_bce", "at_micro_f1", "gather", "data_fingerprint", "deterministic_algorithms",
+    "keras_bce", "at_micro_f1", "gather", "data_fingerprint", "deterministic_algorithms", "make_optimizer",
+    "TrainingStep",
 ]

@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -31,13 +31,24 @@ import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from devinet._io import atomic_path, atomic_write_json  # noqa: E402
-from devinet.batching import BalancedBatchSampler  # noqa: E402
 from devinet.errors import ConfigError, FileFormatError, InputError  # noqa: E402
 
 from .models import framewise_model  # noqa: E402
 
 #: checkpoints averaged by the original's prediction (its files .20- to .29-, 0-based epochs)
 ORIGINAL_FUSION_EPOCHS = tuple(range(21, 31))
+
+class BatchSampler(Protocol):
+    """Endless batches of row indices whose position can be saved and restored."""
+
+    batch_size: int
+
+    def __next__(self) -> np.ndarray: ...
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
+
 
 _CHECKPOINT = re.compile(r"^epoch_(\d{4,})\.keras$")
 
@@ -51,15 +62,13 @@ class Recipe:
 
     learning_rate: float = 1e-3
     adam_epsilon: float = 1e-8
-    batch_size: int = 44
     iterations_per_epoch: int = 100
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.adam_epsilon <= 0:
             raise ConfigError("learning_rate and adam_epsilon must be positive")
-        if self.batch_size < 1 or self.iterations_per_epoch < 1 or self.seed < 0:
-            raise ConfigError("batch_size and iterations_per_epoch must be >= 1 and seed >= 0")
+        if self.iterations_per_epoch < 1:
+            raise ConfigError("iterations_per_epoch must be >= 1")
 
 
 def compile_original(model: keras.Model, recipe: Recipe = Recipe()) -> keras.Model:
@@ -116,7 +125,7 @@ def _load_state(path: Path) -> dict:
 
 
 def train(model: keras.Model, x: np.ndarray, y: np.ndarray, run_dir: str | os.PathLike, *, epochs: int,
-          recipe: Recipe = Recipe(), resume: bool = True,
+          sampler: BatchSampler, recipe: Recipe = Recipe(), resume: bool = True,
           validation: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
           run_eagerly: bool = False) -> keras.Model:
     """Train with the original recipe until ``epochs`` epochs are complete; checkpoint every epoch.
@@ -127,6 +136,9 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, run_dir: str | os.Pa
         y: (N, C) multi-hot clip labels.
         run_dir: folder of the checkpoints; created if missing.
         epochs: total epochs (of ``recipe.iterations_per_epoch`` iterations) to reach.
+        sampler: the batches: an endless iterator of row indices into ``x`` whose state
+            (``get_state``/``set_state``) is saved with every checkpoint, e.g. the original's
+            class-balanced ``experiments.batching.BalancedBatchSampler(y, 44, seed)``.
         resume: continue from the last complete epoch found in ``run_dir`` (its model,
             optimizer state and batch sequence). With False, a ``run_dir`` that already holds
             checkpoints is refused rather than overwritten.
@@ -144,7 +156,6 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, run_dir: str | os.Pa
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     x, y = np.asarray(x), np.asarray(y)
     _check_data(x, y, model)
-    sampler = BalancedBatchSampler(y, batch_size=recipe.batch_size, seed=recipe.seed)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -179,7 +190,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, run_dir: str | os.Pa
         record = {"epoch": epoch, "iterations": epoch * recipe.iterations_per_epoch,
                   "loss": float(np.mean(losses)), "losses": losses}
         if validation is not None:
-            record["val_loss"] = float(model.evaluate(*validation, batch_size=recipe.batch_size, verbose=0))
+            record["val_loss"] = float(model.evaluate(*validation, batch_size=sampler.batch_size, verbose=0))
         path = checkpoint_path(run_dir, epoch)
         with atomic_path(path, suffix=".keras") as tmp:
             model.save(tmp)

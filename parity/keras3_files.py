@@ -26,9 +26,9 @@ import numpy as np
 
 from devinet.config import DeviNetConfig, preset_config
 from devinet._io import import_h5py, open_h5
-from devinet.errors import ConfigError, FileFormatError, MissingDependencyError
+from devinet.errors import ConfigError, FileFormatError, MissingDependencyError, first_line
 
-from .topology import KerasFile, KerasLayer, canonical_sort_key, first_line, normalise_weight_name
+from .topology import KerasFile, KerasLayer, canonical_sort_key, normalise_weight_name
 
 #: a Keras 3 class -> names of its variables in creation order (BatchNormalization: see _var_names)
 _VARS = {
@@ -81,7 +81,7 @@ def _guarded(path: Path, read):
     except FileFormatError:
         raise
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError, RuntimeError) as exc:
-        raise FileFormatError(path, f"damaged or malformed Keras 3 file ({first_line(exc)})") from None
+        raise FileFormatError(path, f"damaged or malformed Keras 3 file ({first_line(exc, with_type=True)})") from None
 
 
 def _member(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:

@@ -29,9 +29,9 @@ import numpy as np
 
 from devinet.config import SEVEN_BLOCKS, DeviNetConfig
 from devinet._io import import_h5py, open_h5
-from devinet.errors import ConfigError, FileFormatError
+from devinet.errors import ConfigError, FileFormatError, first_line
 
-from .topology import KerasFile, KerasLayer, decode, first_line, infer_class, normalise_weight_name
+from .topology import KerasFile, KerasLayer, decode, infer_class, normalise_weight_name
 
 #: weights of each Keras 2 layer class, in ``layer.weights`` order (what ``load_weights`` expects)
 KERAS2_WEIGHTS = {
@@ -64,7 +64,7 @@ def read_legacy_h5(path: str | os.PathLike) -> KerasFile:
         except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError, RuntimeError) as exc:
             # h5py on a damaged file, or attributes of unexpected types (bytes that are not UTF-8,
             # a number where a list of names belongs): the file's fault, said on one line.
-            raise FileFormatError(path, f"damaged or malformed Keras 2 file ({first_line(exc)})") from None
+            raise FileFormatError(path, f"damaged or malformed Keras 2 file ({first_line(exc, with_type=True)})") from None
 
 
 def _read_handle(path: Path, handle) -> KerasFile:

@@ -125,12 +125,6 @@ def decode(value: Any) -> str:
     return str(value)
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message`` of an exception, at most ``limit`` characters of message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
-
-
 def normalise_weight_name(full_name: str) -> str:
     """'bidirectional_1/forward_gru_1/kernel:0' -> 'forward/kernel'; 'conv2d_1/kernel' -> 'kernel'."""
     parts = full_name.split(":")[0].split("/")

@@ -1,4 +1,4 @@
-"""The class-ratio balanced batch sampler (devinet.batching) against the original generator's rules."""
+"""The class-ratio balanced batch sampler (experiments.batching) against the original generator's rules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devinet.batching import BalancedBatchSampler, class_slots
+from experiments.batching import BalancedBatchSampler, class_slots
 from devinet.errors import InputError
 
 

@@ -17,10 +17,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from devinet import runtime
+from experiments import runtime
 from devinet.cli import main
 from devinet.model import DeviNet
 from experiments import bench
+from experiments.bench import flops, report as bench_report, timing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = ("forward_speedup_vs_keras", "train_step_speedup_vs_keras", "gru_train_ratio_vs_nngru",
@@ -35,15 +36,15 @@ def test_forward_flops_equal_what_torch_counts(preset, frames):
     x = torch.randn(3, frames, model.config.n_mels)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    flops = bench.forward_flops(model.config, frames)
-    assert flops["total"] == flops["conv"] + flops["gru"] + flops["dense"]
-    assert flops["gru"] > 0 and flops["dense"] > 0
-    assert 3 * flops["total"] == counter.get_total_flops()
+    counted = flops.forward_flops(model.config, frames)
+    assert counted["total"] == counted["conv"] + counted["gru"] + counted["dense"]
+    assert counted["gru"] > 0 and counted["dense"] > 0
+    assert 3 * counted["total"] == counter.get_total_flops()
 
 
 def test_full_size_flops_of_the_original_models():
     """Per clip at 240 x 64: hand-computed conv FLOPs of the original geometry."""
-    at = bench.forward_flops(DeviNet.from_preset("cvssp_crnn_at").config, 240)
+    at = flops.forward_flops(DeviNet.from_preset("cvssp_crnn_at").config, 240)
     # 2 * 9 * C_in * 128 * T * F per gated block; pools (2,2) x3 then (1,2); final conv 64 -> 256 on 30 x 4.
     blocks = [(1, 240, 64), (64, 240, 64), (64, 120, 32), (64, 120, 32), (64, 60, 16), (64, 60, 16), (64, 30, 8)]
     conv = sum(2 * 9 * c * 128 * t * f for c, t, f in blocks) + 2 * 9 * 64 * 256 * 30 * 4
@@ -55,8 +56,8 @@ def test_full_size_flops_of_the_original_models():
 def test_runner_warms_up_then_interleaves_and_takes_medians(monkeypatch):
     calls = []
     clock = iter(range(1000))
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
-    runner = bench.Runner("cpu", total_runs=10)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+    runner = timing.Runner("cpu", total_runs=10)
     try:
         timings = runner.compare("t", {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
                                  warmup=2, repeats=3)
@@ -64,9 +65,9 @@ def test_runner_warms_up_then_interleaves_and_takes_medians(monkeypatch):
         runner.bar.close()
     # the warm-up interleaves as the timed runs do
     assert calls == ["a", "b"] * 2 + ["a", "b"] * 3
-    for timing in timings.values():
-        assert timing.runs == 3
-        assert timing.min_s <= timing.median_s <= timing.max_s
+    for result in timings.values():
+        assert result.runs == 3
+        assert result.min_s <= result.median_s <= result.max_s
     rate = timings["a"].rate(10)
     assert rate["min"] <= rate["median"] <= rate["max"]
 
@@ -74,10 +75,10 @@ def test_runner_warms_up_then_interleaves_and_takes_medians(monkeypatch):
 def test_runner_lets_idle_threads_settle_outside_the_timed_span(monkeypatch):
     events = []
     clock = iter(range(1000))
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: events.append("clock") or float(next(clock)))
-    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
-    monkeypatch.setattr(bench.gc, "collect", lambda: events.append("gc"))
-    runner = bench.Runner("cpu", total_runs=2, settle_s=0.25)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: events.append("clock") or float(next(clock)))
+    monkeypatch.setattr(timing.time, "sleep", lambda s: events.append(("sleep", s)))
+    monkeypatch.setattr(timing.gc, "collect", lambda: events.append("gc"))
+    runner = timing.Runner("cpu", total_runs=2, settle_s=0.25)
     try:
         timings = runner.compare("t", {"a": lambda: events.append("run")}, warmup=1, repeats=1)
     finally:
@@ -87,7 +88,7 @@ def test_runner_lets_idle_threads_settle_outside_the_timed_span(monkeypatch):
 
 
 def test_goals_are_judged_in_the_right_direction():
-    goals = bench._goals({"forward_speedup_vs_keras": 2.0, "gru_train_ratio_vs_nngru": 2.0,
+    goals = bench_report.goals({"forward_speedup_vs_keras": 2.0, "gru_train_ratio_vs_nngru": 2.0,
                           "features_speedup_vs_reference": None})
     assert goals["forward_speedup_vs_keras"]["met"] is True
     assert goals["gru_train_ratio_vs_nngru"]["met"] is False
@@ -111,7 +112,7 @@ def test_threads_must_be_positive(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the missing-CUDA error cannot occur")
 def test_cuda_without_cuda_is_one_clear_line(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "devinet.cli", "bench", "--device", "cuda", "--json", str(out)],
+    done = subprocess.run([sys.executable, "-m", "devinet", "bench", "--device", "cuda", "--json", str(out)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     assert done.returncode == 1
@@ -130,7 +131,7 @@ def test_quick_run_reports_every_figure(tmp_path, keras, capsys):
         value = report[key]
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
     assert report["quick"] is True and report["device"] == "cpu"
-    assert set(report["goals"]) == set(bench.GOALS)
+    assert set(report["goals"]) == set(bench_report.GOALS)
     threads = report["threads"]
     assert threads["torch_intra_op"] >= 1 and "tf_intra_op" in threads and "tf_inter_op" in threads
     assert report["machine"]["cpu"] and report["versions"]["torch"]

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from devinet.cli import main
 from devinet.errors import FileFormatError, InputError
-from experiments import evaluate_cli, evaluation
+from experiments import evaluation
 from experiments.evaluation import (
     activity_runs,
     at_decisions,
@@ -356,7 +356,7 @@ def test_submissions_round_trip(tmp_path):
      + "\t".join(["0.1"] * 17) + "\n", "line 2: clip .* already listed on line 1"),
     (f"{A}\t" + "\t".join(["0.1"] * 16 + ["1.5"]) + "\n", "outside \\[0, 1\\]"),
     (f"{A}\tCar\n", "not a prediction file"),
-    (f"not-a-clip\t" + "\t".join(["0.1"] * 17) + "\n", "line 1: clip name"),
+    ("not-a-clip\t" + "\t".join(["0.1"] * 17) + "\n", "line 1: clip name"),
 ])
 def test_bad_probability_files_are_refused_with_the_file_and_line(tmp_path, content, message):
     path = tmp_path / "pred.csv"
@@ -553,13 +553,6 @@ def small_sed_case(tmp_path: Path) -> tuple[Path, Path]:
     pred = tmp_path / "sed_submission.csv"
     pred.write_text(f"Y{A}.wav\t1.5\t3.2\tCar\n{B}\n")
     return pred, truth
-
-
-def test_cli_defaults_are_the_library_constants():
-    assert evaluate_cli._THRESHOLD == evaluation.DEFAULT_THRESHOLD
-    assert evaluate_cli._N_SMOOTH == evaluation.DEFAULT_N_SMOOTH
-    assert evaluate_cli._N_SALT == evaluation.DEFAULT_N_SALT
-    assert evaluate_cli._FRAME_STEP == evaluation.FRAME_STEP_SEC
 
 
 def test_cli_sed_json_and_refusals(tmp_path, capsys):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from devinet import runtime
+from experiments import runtime
 from devinet.cli import build_parser, main
 
 # Three rounds that each allocate, touch and free a 64 MiB tensor (above glibc's 32 MiB mmap
@@ -18,7 +18,7 @@ from devinet.cli import build_parser, main
 PROBE = """
 import json, resource
 import torch
-from devinet.runtime import anon_huge_pages_mb, huge_pages_requested
+from experiments.runtime import anon_huge_pages_mb, huge_pages_requested
 rounds, huge = [], None
 for i in range(3):
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -90,12 +90,15 @@ def test_the_commands_take_the_option(command):
     assert args.huge_pages is True
 
 
-def test_the_command_runs_again_with_the_tunable_and_returns_its_exit_code(monkeypatch):
+def test_the_command_runs_again_with_the_tunable_and_returns_its_exit_code(monkeypatch, tmp_path):
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(runtime, "huge_pages_unavailable", lambda: None)
     calls = []
+    real_run = subprocess.run
 
-    def fake_run(command, env, check):
+    def fake_run(command, env=None, check=False, **other):
+        if command[:3] != [sys.executable, "-m", "devinet"]:  # other programs (version probes) run
+            return real_run(command, env=env, check=check, **other)
         calls.append((command, env))
         return subprocess.CompletedProcess(command, 3)
 
@@ -103,13 +106,14 @@ def test_the_command_runs_again_with_the_tunable_and_returns_its_exit_code(monke
     argv = ["bench", "--quick", "--huge-pages", "--json", "out.json"]
     assert main(argv) == 3
     [(command, env)] = calls
-    assert command == [sys.executable, "-m", "devinet.cli", *argv]
+    assert command == [sys.executable, "-m", "devinet", *argv]
     assert runtime.huge_pages_requested(env)
     # in the child the tunable is in force: it runs the command itself instead of again
     monkeypatch.setenv("GLIBC_TUNABLES", runtime.HUGE_PAGE_TUNABLE)
-    monkeypatch.setattr("experiments.bench.run", lambda args: 7)  # main() binds the module's run when it parses
-    assert main(["bench", "--huge-pages", "--json", "out.json"]) == 7
-    assert len(calls) == 1
+    benched = []
+    monkeypatch.setattr("experiments.bench.run_bench", benched.append)  # the command runs it instead of again
+    assert main(["bench", "--huge-pages", "--json", str(tmp_path / "out.json")]) == 0
+    assert len(calls) == 1 and len(benched) == 1 and benched[0].destination == tmp_path / "out.json"
 
 
 def test_unavailable_huge_pages_are_one_clear_line(monkeypatch, capsys, tmp_path):

@@ -411,18 +411,24 @@ def assert_same_weights(a, b) -> None:
         np.testing.assert_array_equal(va.numpy(), vb.numpy(), err_msg=va.path)
 
 
+def sampler(y, batch_size, seed):
+    from experiments.batching import BalancedBatchSampler
+
+    return BalancedBatchSampler(y, batch_size=batch_size, seed=seed)
+
+
 def test_training_smoke_checkpoint_resume_and_fusion(kr, keras, rng, tmp_path):
-    from devinet.errors import FileFormatError
+    from devinet.errors import FileFormatError, InputError
 
     # Eager steps: no graph tracing, so the 2-iteration runs stay quick.
     x, y = tiny_data(rng)
-    recipe = kr.Recipe(batch_size=4, iterations_per_epoch=1, seed=2)
+    recipe = kr.Recipe(iterations_per_epoch=1)
     options = dict(recipe=recipe, progress=False, run_eagerly=True)
     run = tmp_path / "run"
-    kr.train(fresh_model(kr, keras), x, y, run, epochs=1, **options)
+    kr.train(fresh_model(kr, keras), x, y, run, epochs=1, sampler=sampler(y, 4, 2), **options)
     assert sorted(p.name for p in run.iterdir()) == ["epoch_0001.json", "epoch_0001.keras"]
-    resumed = kr.train(fresh_model(kr, keras), x, y, run, epochs=2, **options)
-    straight = kr.train(fresh_model(kr, keras), x, y, tmp_path / "straight", epochs=2,
+    resumed = kr.train(fresh_model(kr, keras), x, y, run, epochs=2, sampler=sampler(y, 4, 2), **options)
+    straight = kr.train(fresh_model(kr, keras), x, y, tmp_path / "straight", epochs=2, sampler=sampler(y, 4, 2),
                         validation=(x[:3], y[:3]), **options)
     assert_same_weights(resumed, straight)  # model, optimizer and batch sequence were resumed
     assert sorted(kr.list_checkpoints(run)) == [1, 2]
@@ -445,9 +451,11 @@ def test_training_smoke_checkpoint_resume_and_fusion(kr, keras, rng, tmp_path):
                                atol=1e-7)
 
     with pytest.raises(FileFormatError, match="already holds checkpoints up to epoch 2"):
-        kr.train(fresh_model(kr, keras), x, y, run, epochs=3, recipe=recipe, resume=False)
+        kr.train(fresh_model(kr, keras), x, y, run, epochs=3, sampler=sampler(y, 4, 2), recipe=recipe, resume=False)
     with pytest.raises(FileFormatError, match="was trained with recipe"):
-        kr.train(fresh_model(kr, keras), x, y, run, epochs=3, recipe=kr.Recipe(seed=9))
+        kr.train(fresh_model(kr, keras), x, y, run, epochs=3, sampler=sampler(y, 4, 2), recipe=kr.Recipe())
+    with pytest.raises(InputError, match="sampler state is for seed 2"):
+        kr.train(fresh_model(kr, keras), x, y, run, epochs=3, sampler=sampler(y, 4, 9), recipe=recipe)
     with pytest.raises(FileFormatError, match=r"no complete checkpoint for epochs \[21"):
         kr.fusion_checkpoints(run)
 
@@ -458,11 +466,11 @@ def test_training_refuses_bad_input(kr, rng, tmp_path):
     x, y = tiny_data(rng)
     model = kr.build("cvssp_crnn_at", n_frames=16)
     with pytest.raises(InputError, match="expects inputs"):
-        kr.train(model, x[:, :, :32], y, tmp_path, epochs=1)
+        kr.train(model, x[:, :, :32], y, tmp_path, epochs=1, sampler=sampler(y, 4, 0))
     with pytest.raises(InputError, match="x has 10 clips but y has 9"):
-        kr.train(model, x, y[:9], tmp_path, epochs=1)
-    with pytest.raises(ConfigError, match="batch_size"):
-        kr.Recipe(batch_size=0)
+        kr.train(model, x, y[:9], tmp_path, epochs=1, sampler=sampler(y, 4, 0))
+    with pytest.raises(ConfigError, match="iterations_per_epoch"):
+        kr.Recipe(iterations_per_epoch=0)
     assert not list(tmp_path.iterdir())
     (tmp_path / "epoch_0001.keras").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(FileFormatError, match="epoch_0001.keras: not a loadable Keras 3 model"):
@@ -474,8 +482,8 @@ def test_training_refuses_bad_input(kr, rng, tmp_path):
 @pytest.mark.slow
 def test_graph_mode_training_resumes_exactly(kr, keras, rng, tmp_path):
     x, y = tiny_data(rng, n=12)
-    options = dict(recipe=kr.Recipe(batch_size=4, iterations_per_epoch=2, seed=3), progress=False)
-    straight = kr.train(fresh_model(kr, keras), x, y, tmp_path / "a", epochs=2, **options)
-    kr.train(fresh_model(kr, keras), x, y, tmp_path / "b", epochs=1, **options)
-    resumed = kr.train(fresh_model(kr, keras), x, y, tmp_path / "b", epochs=2, **options)
+    options = dict(recipe=kr.Recipe(iterations_per_epoch=2), progress=False)
+    straight = kr.train(fresh_model(kr, keras), x, y, tmp_path / "a", epochs=2, sampler=sampler(y, 4, 3), **options)
+    kr.train(fresh_model(kr, keras), x, y, tmp_path / "b", epochs=1, sampler=sampler(y, 4, 3), **options)
+    resumed = kr.train(fresh_model(kr, keras), x, y, tmp_path / "b", epochs=2, sampler=sampler(y, 4, 3), **options)
     assert_same_weights(resumed, straight)

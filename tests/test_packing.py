@@ -109,7 +109,7 @@ def test_packed_file_contents(folder, packed):
     np.testing.assert_allclose(split.features[4], math.log(F.LOG_OFFSET), rtol=1e-6)  # silence is kept
     stereo, rate = soundfile.read(wav_dir / M.wav_name(_key("bbbbbbbbbbb")))
     np.testing.assert_array_equal(split.features[1], F.extract_logmel(stereo, rate))
-    assert split.recipe["hop"] == 664 and split.recipe["resampler"] == "original"
+    assert split.recipe["hop"] == 664 and split.recipe["resampler"] == "resampy02_kaiser_best"
 
 
 def test_skipped_clips_are_listed(packed):
@@ -159,14 +159,14 @@ def test_interrupted_run_resumes_without_redoing_finished_chunks(folder, packed,
             raise KeyboardInterrupt
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(F, "extract_logmel", interrupted)
+    monkeypatch.setattr(P, "extract_logmel", interrupted)
     with pytest.raises(KeyboardInterrupt):
         P.pack_split(wav_dir, out, meta, jobs=1, chunk_size=2, progress=False)
     assert not out.exists()
     assert sorted(p.name for p in _work_folder(out).glob("chunk_*.npz")) == ["chunk_000000.npz", "chunk_000001.npz"]
 
     calls.clear()
-    monkeypatch.setattr(F, "extract_logmel", lambda path, *a, **k: calls.append(Path(path).name) or real(path, *a, **k))
+    monkeypatch.setattr(P, "extract_logmel", lambda path, *a, **k: calls.append(Path(path).name) or real(path, *a, **k))
     result = P.pack_split(wav_dir, out, meta, jobs=1, chunk_size=2, progress=False)
     assert (result.reused_chunks, result.computed_chunks) == (2, 2)
     # chunks 0-1 held a, b, c, d: only the present clips of chunks 2-3 were extracted again
@@ -186,10 +186,10 @@ def test_damaged_chunk_files_are_redone(folder, packed, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(F, "extract_logmel", stop_at_e)
+    monkeypatch.setattr(P, "extract_logmel", stop_at_e)
     with pytest.raises(KeyboardInterrupt):
         P.pack_split(wav_dir, out, meta, jobs=1, chunk_size=2, progress=False)
-    monkeypatch.setattr(F, "extract_logmel", real)
+    monkeypatch.setattr(P, "extract_logmel", real)
     work = _work_folder(out)
     (work / "chunk_000001.npz").write_bytes(b"PK\x03\x04 cut short")
     (work / "chunk_000007.npz").write_bytes(b"")  # not a chunk of this plan
@@ -209,10 +209,10 @@ def test_unfinished_run_of_another_job_is_not_mixed_in(folder, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(F, "extract_logmel", stop_at_third)
+    monkeypatch.setattr(P, "extract_logmel", stop_at_third)
     with pytest.raises(KeyboardInterrupt):
         P.pack_split(wav_dir, out, meta, jobs=1, chunk_size=2, progress=False)
-    monkeypatch.setattr(F, "extract_logmel", real)
+    monkeypatch.setattr(P, "extract_logmel", real)
     with pytest.raises(FileFormatError, match="unfinished run of a different job"):
         P.pack_split(wav_dir, out, meta, jobs=1, chunk_size=3, progress=False)
     with pytest.raises(FileFormatError, match="unfinished run of a different job"):
@@ -230,11 +230,11 @@ def test_sigkill_then_resume(folder, packed, tmp_path):
         import time
         from devinet import features as F
         from experiments import packing as P
-        real = F.extract_logmel
+        real = P.extract_logmel
         def slow(*args, **kwargs):
             time.sleep(0.5)
             return real(*args, **kwargs)
-        F.extract_logmel = slow
+        P.extract_logmel = slow
         P.pack_split({str(wav_dir)!r}, {str(out)!r}, {str(meta)!r}, jobs=1, chunk_size=1, progress=False)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, start_new_session=True,

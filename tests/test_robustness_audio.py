@@ -187,10 +187,10 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed
     import threading
 
     pools = []
-    real_pool = P._pool
+    real_pool = P.process_pool
 
-    def recording_pool(workers):
-        pools.append(real_pool(workers))
+    def recording_pool(workers, preload=()):
+        pools.append(real_pool(workers, preload))
         return pools[-1]
 
     work = tmp_path / ".bad.h5.work"
@@ -201,7 +201,7 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed
             threading.Event().wait(0.01)
         os.kill(next(iter(pools[0]._processes)), signal.SIGKILL)
 
-    monkeypatch.setattr(P, "_pool", recording_pool)
+    monkeypatch.setattr(P, "process_pool", recording_pool)
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
     out = tmp_path / "bad.h5"
@@ -213,7 +213,7 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed
     assert code == 1 and len(err) == 1, err
     assert str(out) in err[0] and "worker process died" in err[0] and "run the same command again" in err[0]
     assert not out.exists() and list(work.glob("chunk_*.npz"))  # the finished chunks are kept
-    monkeypatch.setattr(P, "_pool", real_pool)
+    monkeypatch.setattr(P, "process_pool", real_pool)
     assert main(argv) == 0
     assert "resumed:" in capsys.readouterr().out
     again = P.load_packed(out)

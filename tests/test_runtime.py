@@ -1,4 +1,4 @@
-"""devinet.runtime.retain_freed_memory: freed tensors stay mapped, so later ones fault no pages in.
+"""experiments.runtime.retain_freed_memory: freed tensors stay mapped, so later ones fault no pages in.
 
 Each check runs in a fresh interpreter (the setting is process-wide and cannot be undone).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devinet import runtime
+from experiments import runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GLIBC = runtime._is_glibc_linux()
@@ -23,7 +23,7 @@ GLIBC = runtime._is_glibc_linux()
 PROBE = """
 import json, os, resource
 import torch
-from devinet.runtime import freed_memory_retained, retain_freed_memory
+from experiments.runtime import freed_memory_retained, retain_freed_memory
 applied = retain_freed_memory() if os.environ.get("DEVINET_TEST_RETAIN") else False
 MIB = 2**20 // 4  # float32 values per MiB
 def faults():
@@ -62,7 +62,7 @@ def test_retained_memory_is_reused_without_page_faults(fresh_python):
 
 
 def test_applies_on_glibc_only_and_a_second_call_reports_the_same_state():
-    code = ("from devinet import runtime; a = runtime.retain_freed_memory(); b = runtime.retain_freed_memory(); "
+    code = ("from experiments import runtime; a = runtime.retain_freed_memory(); b = runtime.retain_freed_memory(); "
             "print(a, b, runtime.freed_memory_retained())")
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
                           capture_output=True, text=True, timeout=120, check=True)

@@ -15,7 +15,8 @@ import soundfile
 from scipy import signal
 
 from devinet.errors import ConfigError, FileFormatError
-from experiments import synth, synth_cli
+from experiments import synth
+from experiments.commands import synth as synth_cli
 from experiments.meta import CLASSES, clip_key, read_clip_list, read_strong_labels, read_weak_labels, wav_name
 from experiments.synth_sounds import SR, SYNTHESIZERS
 

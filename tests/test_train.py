@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import devinet
+from devinet.preprocessing import default_classes
 from devinet.errors import ConfigError, FileFormatError
 from devinet.features import Scaler
 from experiments.systems import model_config
@@ -163,6 +164,9 @@ def test_checkpoints_are_plain_data_devinet_checkpoints(reference_run, config):
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
     model = devinet.load(path)  # also an ordinary devinet checkpoint
     assert model.config == config and model.checkpoint_metadata["epoch"] == 3
+    # self-describing: class names, the original feature recipe and the run's scaler
+    assert model.preprocessing.classes == default_classes(config.num_classes)
+    assert model.preprocessing.features.is_original() and model.preprocessing.scaler is not None
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     record = json.loads(lines[-1])

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 
-# Interface defaults; tests check that they equal the library's constants (experiments.evaluation).
-_THRESHOLD = 0.3
-_N_SMOOTH = 10
-_N_SALT = 10
-_FRAME_STEP = 664 / 16000
+from devinet.recipe import DEFAULT_N_SALT, DEFAULT_N_SMOOTH, DEFAULT_THRESHOLD, FRAME_STEP_SEC
+
+HELP = "score predictions with the official DCASE 2017 Task 4 metrics"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "(groundtruth_weak_label_*.csv) with the official micro P/R/F1.")
     _add_common(at, truth_help="weak-label ground truth (groundtruth_weak_label_*.csv)",
                 pred_help="at_prob_mat.csv(.gz) probabilities or an AT submission (name, start, end, label)")
-    at.add_argument("--threshold", type=float, default=_THRESHOLD,
+    at.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                     help=f"tagging threshold for every class; the arg-max label is on when none passes "
-                         f"(default {_THRESHOLD})")
+                         f"(default {DEFAULT_THRESHOLD})")
     at.add_argument("--oracle-thresholds", action="store_true",
                     help="also report per-class thresholds tuned on the scored set itself (an oracle, "
                          "reported separately; needs a probability file)")
@@ -44,20 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(sed, truth_help="strong-label ground truth (groundtruth_strong_label_*.csv)",
                 pred_help="sed_prob_mat_list.csv(.gz) frame probabilities or an SED submission "
                           "(name, onset, offset, label)")
-    sed.add_argument("--threshold", type=float, default=_THRESHOLD,
-                     help=f"frame threshold for every class (default {_THRESHOLD})")
-    sed.add_argument("--smooth", type=int, default=_N_SMOOTH, metavar="N",
+    sed.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                     help=f"frame threshold for every class (default {DEFAULT_THRESHOLD})")
+    sed.add_argument("--smooth", type=int, default=DEFAULT_N_SMOOTH, metavar="N",
                      help=f"bridge gaps between active frames whose indices differ by at most N "
-                          f"(default {_N_SMOOTH})")
-    sed.add_argument("--salt", type=int, default=_N_SALT, metavar="N",
-                     help=f"drop runs of N frames or fewer (default {_N_SALT})")
-    sed.add_argument("--frame-step", type=float, default=_FRAME_STEP, metavar="SECONDS",
-                     help=f"seconds per frame of the probability file (default 664/16000 = {_FRAME_STEP:g})")
+                          f"(default {DEFAULT_N_SMOOTH})")
+    sed.add_argument("--salt", type=int, default=DEFAULT_N_SALT, metavar="N",
+                     help=f"drop runs of N frames or fewer (default {DEFAULT_N_SALT})")
+    sed.add_argument("--frame-step", type=float, default=FRAME_STEP_SEC, metavar="SECONDS",
+                     help=f"seconds per frame of the probability file (default 664/16000 = {FRAME_STEP_SEC:g})")
     sed.add_argument("--gate-with", metavar="AT_PRED", default=None,
                      help="keep only events of the classes tagged by these AT predictions (probabilities "
                           "or submission); a different system from CVSSP's, reported as gated")
-    sed.add_argument("--gate-threshold", type=float, default=_THRESHOLD,
-                     help=f"tagging threshold of --gate-with probabilities (default {_THRESHOLD})")
+    sed.add_argument("--gate-threshold", type=float, default=DEFAULT_THRESHOLD,
+                     help=f"tagging threshold of --gate-with probabilities (default {DEFAULT_THRESHOLD})")
 
 
 def _add_common(parser: argparse.ArgumentParser, truth_help: str, pred_help: str) -> None:
@@ -73,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from devinet._io import atomic_write_json, check_destination
     from devinet.errors import ConfigError
 
-    from . import evaluation
+    from experiments import evaluation
 
     outputs = [path for path in (args.json, args.write_submission) if path is not None]
     if len(set(outputs)) != len(outputs):

@@ -37,7 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InputError
+from devinet.errors import InputError
 
 #: Training-count thresholds of the original: < 1000 clips -> 1 slot, ..., >= 4000 -> 5 slots.
 SLOT_THRESHOLDS = (1000, 2000, 3000, 4000)

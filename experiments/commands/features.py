@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+HELP = "pack a folder of wav clips into an HDF5 log-mel file"
+
 _SHOWN_SKIPPED = 20
 
 
@@ -34,8 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reference: numpy/scipy/librosa in the workers (default); torch: workers decode, "
                              "the batched torch extractor runs on --device")
     parser.add_argument("--device", default="cpu", help="torch device of the torch backend (default: cpu)")
-    parser.add_argument("--resampler", choices=("original", "soxr_hq"), default="original",
-                        help="original: the resampler of the original features (default); soxr_hq: librosa's today")
+    parser.add_argument("--resampler", choices=("resampy02_kaiser_best", "original", "soxr_hq"),
+                        default="resampy02_kaiser_best",
+                        help="resampy02_kaiser_best (or its old name 'original'): an exact emulation of the "
+                             "original features' resampler, resampy 0.2 kaiser_best (default); soxr_hq: librosa's today")
     parser.add_argument("--scaler-out", metavar="FILE",
                         help="also fit the per-mel-bin scaler on this split (the training split) and save "
                              "it (.npz or .json)")
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from devinet._io import check_destination
 
-    from .packing import SKIP_KINDS, fit_scaler, pack_split
+    from experiments.packing import SKIP_KINDS, fit_scaler, pack_split
 
     check_destination(args.out, args.force)
     if args.scaler_out:  # refuse a bad scaler destination before hours of extraction

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_convert import PRESET_CHOICES
+from parity.commands.convert import PRESET_CHOICES
+
+HELP = "compare a Keras file with devinet layer by layer"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from devinet._io import atomic_write_text, check_destination
     from devinet.errors import InputError
 
-    from .compare import format_report, parity_reports
+    from parity.compare import format_report, parity_reports
 
     dtypes = {"both": (torch.float32, torch.float64), "float32": (torch.float32,),
               "float64": (torch.float64,)}[args.dtype]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "show presets, parameter counts and frame geometry"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", action="append", help="preset to show (repeatable; default: all)")
@@ -16,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import PRESETS
-    from .model import DeviNet
+    from devinet.config import PRESETS
+    from devinet.model import DeviNet
 
     names = args.preset or list(PRESETS)
     print(f"{'preset':<22} {'params (Keras count)':>20} {'torch params':>13} {'out frames':>10} "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "convert a checkpoint between Keras files and devinet"
+
 PRESET_CHOICES = ("cvssp_crnn_at", "cvssp_crnn_sed", "cvssp_cnnrnn_at", "cvssp_crnn_baseline")
 
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from devinet._io import check_destination
     from devinet.errors import FileFormatError
 
-    from .convert import keras_format, keras_to_torch, torch_to_keras
+    from parity.convert import keras_format, keras_to_torch, torch_to_keras
 
     src, dst = Path(args.src), Path(args.dst)
     src_fmt, dst_fmt = keras_format(src), keras_format(dst)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "generate the built-in synthetic DCASE 2017 Task 4 stand-in"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="folder to write the dataset into (new, empty, or a partial run to resume)")
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from devinet.errors import ConfigError
 
-    from .synth import DEFAULT_SEED, generate_dataset
+    from experiments.synth import DEFAULT_SEED, generate_dataset
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")

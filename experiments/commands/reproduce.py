@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 
+HELP = "run the paper's weak-label experiments end to end"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
@@ -66,8 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from devinet.cli import command_line
     from experiments.pipeline import Options, reproduce
+    from experiments.runtime import relaunch_with_huge_pages
 
+    if args.huge_pages and (code := relaunch_with_huge_pages(args.argv)) is not None:
+        return code
     options = Options.from_args(args, command=command_line(args))
     results = reproduce(options)
     print(f"results: {os.path.join(options.out, 'results.md')}")
@@ -75,23 +81,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<22} AT micro F1 {system['at']['f1']:.3f}   "
               f"SED segment ER {system['sed']['error_rate']:.3f}  F1 {system['sed']['f1']:.3f}")
     return 0
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command in its canonical form (every option that was given or differs from its default)."""
-    parts = ["devinet", "reproduce"]
-    if args.quick:
-        parts.append("--quick")
-    elif args.size:
-        parts += ["--size", args.size]
-    flags = [("--config", args.config), ("--data-root", args.data_root), ("--meta-dir", args.meta_dir),
-             ("--train-audio", args.train_audio), ("--test-audio", args.test_audio), ("--out", args.out),
-             ("--work-dir", args.work_dir), ("--jobs", args.jobs), ("--threads", args.threads),
-             ("--device", None if args.device == "cpu" else args.device)]
-    parts += [f"{flag} {value}" for flag, value in flags if value is not None]
-    if args.systems:
-        parts += ["--systems", *args.systems]
-    if args.seed != 2017:
-        parts += ["--seed", str(args.seed)]
-    parts += [flag for flag, on in (("--no-deterministic", not args.deterministic), ("--force", args.force)) if on]
-    return " ".join(parts)

@@ -1,34 +1,16 @@
-"""Process-wide setting for faster CPU training: let the C heap keep the memory it frees.
+"""Process-wide memory-allocator settings for faster CPU training (glibc only).
 
-PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves every block larger
-than its mmap threshold (128 KiB, rising to at most 32 MiB) with a fresh ``mmap`` and gives
-it back with ``munmap`` when the tensor dies. A training step of the CVSSP models at batch 44
-allocates and frees several GB of activations and gradients this way, and the kernel faults
-in and zeroes every page again at the next step. Measured on the 2-vCPU benchmark machine
-(crnn_at, batch 44 x 240 x 64, one thread; docs/benchmarks.md): 1.8 million page faults and
-3.3 to 5.2 s of system time in a 9.7 to 13.2 s step. TensorFlow's CPU buffers come from the same
-``malloc`` and fault alike (2.2 million faults in an 18.7 s Keras step, measured alone).
+A CPU training step allocates and frees gigabytes of activations through the C library's
+``malloc``; with glibc's defaults every freed large block goes back to the kernel and its
+pages are faulted in and zeroed again at the next step. Two remedies, never changing a
+result (measurements and their story: docs/benchmarks.md, "The allocator"):
 
-:func:`retain_freed_memory` turns off glibc's ``mmap`` serving and its heap trimming, so that
-freed blocks stay mapped and later steps reuse them without page faults: the same step then
-took 6.4 to 7.8 s with no page faults after the fifth step. The price is memory. The resident
-size stays at the heap's high-water mark, and the heap fragments (small allocations land in
-the holes of freed large blocks): 4.6 GB resident instead of a 2.9 GB peak in that run. It
-is therefore opt-in, for the process as a whole and for good: call it once at the start of
-a CPU training script when memory is plentiful (``devinet bench --retain-freed-memory``
-measures its effect). It never changes a result, only where memory comes from.
-
-Huge pages are the other remedy, with no memory cost: glibc's tunable
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc 2.35 and newer, where the kernel's
-transparent huge pages are in ``madvise`` or ``always`` mode) asks the kernel for 2 MiB pages
-for large blocks, so a fresh block faults in 512 times less often. The C library reads it
-once, when the process starts, so it cannot be switched on from Python: it belongs in the
-environment of the command (:func:`environment_with_huge_pages`), which is what
-``devinet bench --huge-pages`` and ``devinet reproduce --huge-pages`` do by running themselves
-again in such an environment. Measured on the benchmark machine (crnn_at, batch 44, one
-thread, each framework in its own process): devinet's training step 13.2 s -> 9.5 s (1.8 M ->
-25 k page faults), the Keras reference's 18.7 s -> 14.5 s; TensorFlow's allocations go
-through the same ``malloc``, so both benefit.
+- huge pages (:func:`environment_with_huge_pages`): ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+  makes malloc ask for 2 MiB pages, 512 times fewer faults, no memory cost. glibc reads it
+  at start-up only, so a command turns it on by running itself again
+  (:func:`relaunch_with_huge_pages`);
+- :func:`retain_freed_memory`: freed blocks stay mapped (no faults) at the cost of resident
+  memory (the heap's high-water mark); opt-in, for the process as a whole.
 """
 
 from __future__ import annotations
@@ -37,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,8 +102,8 @@ def huge_pages_unavailable() -> str | None:
     if not _is_glibc_linux():
         return "needs Linux with glibc's malloc"
     version = platform.libc_ver()[1]
-    major, _, minor = version.partition(".")
-    if (int(major or 0), int(minor or 0)) < (2, 35):
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None or (int(found.group(1)), int(found.group(2))) < (2, 35):
         return f"needs glibc 2.35 or newer (this is glibc {version})"
     mode = transparent_huge_pages()
     if mode is None:
@@ -170,10 +153,18 @@ def run_devinet_with_huge_pages(argv: list[str]) -> int:
     Raises:
         DevinetError: when huge pages cannot take effect here (see :func:`huge_pages_unavailable`).
     """
-    from .errors import DevinetError
+    from devinet.errors import DevinetError
 
     why = huge_pages_unavailable()
     if why is not None:
         raise DevinetError(f"--huge-pages: {why}")
-    command = [sys.executable, "-m", "devinet.cli", *argv]
+    command = [sys.executable, "-m", "devinet", *argv]
     return subprocess.run(command, env=environment_with_huge_pages(), check=False).returncode
+
+
+def relaunch_with_huge_pages(argv: list[str]) -> int | None:
+    """For a command asked to use huge pages: None when this process already has them (go on),
+    else the exit code of ``devinet ARGV`` run again with them (:func:`run_devinet_with_huge_pages`)."""
+    if huge_pages_requested():
+        return None
+    return run_devinet_with_huge_pages(argv)

@@ -1,0 +1,62 @@
+"""Benchmark devinet against the Keras reference, side by side in one process run (experiments.bench)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "benchmark devinet against the Keras reference"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", required=True, metavar="OUT", help="write the figures to this JSON file")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and two repeats: checks that everything runs (figures not meaningful)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where devinet (and Keras, if TensorFlow sees a GPU) runs (default cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for both frameworks (default: every core this process may use)")
+    parser.add_argument("--retain-freed-memory", action="store_true",
+                        help="keep freed C-heap memory mapped for reuse, for the whole run "
+                             "(experiments.runtime.retain_freed_memory: faster CPU training steps, more resident memory)")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="run with glibc's malloc asking for transparent huge pages (GLIBC_TUNABLES="
+                             "glibc.malloc.hugetlb=1, for both frameworks): far fewer page faults, no memory cost")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from devinet._io import check_destination
+    from devinet.errors import ConfigError, DevinetError, MissingDependencyError
+    from experiments.runtime import relaunch_with_huge_pages
+    from experiments.workers import usable_cores
+
+    if args.huge_pages and (code := relaunch_with_huge_pages(args.argv)) is not None:
+        return code
+    destination = check_destination(args.json, args.force)
+    threads = args.threads if args.threads is not None else usable_cores()
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise DevinetError("--device cuda: CUDA is not available here (torch.cuda.is_available() is False; "
+                           f"torch {torch.__version__} built with CUDA {torch.version.cuda}); use --device cpu")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise MissingDependencyError("TensorFlow (for the Keras reference)", "keras") from None
+    from devinet.cli import command_line
+    from experiments.bench import BenchOptions, run_bench
+    from experiments.bench.environment import allocator_record
+
+    notes, with_keras = [], True
+    if args.device == "cuda" and not tf.config.list_physical_devices("GPU"):
+        with_keras = False
+        notes.append("TensorFlow sees no GPU: Keras figures omitted (a GPU-vs-CPU ratio would mislead)")
+    run_bench(BenchOptions(destination, args.device, threads, args.quick, allocator_record(args.retain_freed_memory),
+                           command_line(args) + ("" if args.threads is not None else f" --threads {threads}"),
+                           with_keras, tuple(notes)))
+    return 0
