@@ -264,6 +264,59 @@ def cvssp_crnn_baseline(blocks: int = 7, **overrides: Any) -> DeviNetConfig:
                          pools=((2, 2), (2, 2), (2, 2), (1, 3)), final_pool=(1, 2), head="mean", **overrides)
 
 
+
+# ---------------------------------------------------------------------- capacity-matched ablation
+def conv_front_end_parameters(config: DeviNetConfig, keras_style: bool = False) -> int:
+    """Parameters of the convolutional front end (conv blocks with their BatchNorm, final conv).
+
+    The rest of the model (GRU, dense layers, head) depends only on ``final_conv_channels`` (or
+    the last block's channels when there is no final conv). ``keras_style`` also counts
+    BatchNorm's moving mean and variance, as Keras' ``count_params`` does.
+    """
+    k2 = config.kernel_size ** 2
+    per_bn_channel = 4 if keras_style else 2  # gamma, beta (+ moving mean, moving variance)
+    conv_out = 2 * config.conv_channels if config.gated_conv else config.conv_channels
+    total, in_ch = 0, 1
+    for _ in range(config.num_blocks):
+        total += k2 * in_ch * conv_out + per_bn_channel * conv_out  # conv without bias, then BatchNorm
+        in_ch = config.conv_channels
+    if config.final_conv_channels:
+        total += k2 * in_ch * config.final_conv_channels + config.final_conv_channels
+    return total
+
+
+def ungated_matched(config: DeviNetConfig) -> DeviNetConfig:
+    """``config`` with every gated (GLU) block replaced by a plain ReLU block of the same size.
+
+    A GLU block with C outputs convolves to 2C maps and gates one half with the other; the
+    replacement is conv (no bias) -> BatchNorm -> ReLU with K outputs, where K is the integer
+    that brings the model's trainable parameter count closest to ``config``'s (counting the
+    next block's and the final conv's inputs, which change with K). Everything else
+    (pooling, final conv, GRU, head) is unchanged, so the two models differ in gating alone.
+    With a final conv the GRU and the head keep their sizes; without one they would see K
+    channels instead of C, and the match would not hold: that is refused.
+    """
+    if not config.gated_conv:
+        raise ConfigError("ungated_matched needs a gated model (gated_conv=True)")
+    if not config.final_conv_channels:
+        raise ConfigError("ungated_matched needs a final conv (final_conv_channels > 0) to keep the GRU's input")
+    target = conv_front_end_parameters(config)
+
+    def candidate(channels: int) -> DeviNetConfig:
+        return config.replace(gated_conv=False, conv_activation="relu", conv_channels=channels,
+                              name=f"{config.name}+ungated_matched")
+
+    low, high = 1, 2 * config.conv_channels  # 2C ReLU channels already exceed the gated count
+    while low < high:  # smallest K whose count reaches the target (the count grows with K)
+        middle = (low + high) // 2
+        if conv_front_end_parameters(candidate(middle)) < target:
+            low = middle + 1
+        else:
+            high = middle
+    best = min((k for k in (low - 1, low) if k >= 1),
+               key=lambda k: abs(conv_front_end_parameters(candidate(k)) - target))
+    return candidate(best)
+
 #: the older port's configuration keys and the defaults it documented (its list defaults of None crashed)
 PYANNOTE_KEYS = {
     "conv_blocks": 4,
