@@ -10,10 +10,19 @@ and evaluation and report are recomputed from the saved predictions (cheap). Wor
     WORK/runs/<dataset>/<size>-seed<seed>/<system>/           training runs (experiments.train)
     WORK/predictions/<dataset>/<size>-seed<seed>/<system>/    fused probabilities, official formats
 
+Seeds: ``--seeds N`` trains every system with the training seeds S, S+1, ..., S+N-1 (S =
+``--seed``), one after the other, each resumable; the data are the same for every seed (the
+synthetic stand-in is generated once, with seed S), so that the seeds measure the spread
+that training alone (initial weights, batch order) puts on the scores, and each claim is
+compared on the same clips seed by seed. The report (:mod:`experiments.summary`) gives each
+metric as mean and standard deviation over the seeds with every seed's value, and each of
+the paper's orderings with its paired difference per seed and its verdict (:mod:`experiments.claims`).
+
 Results (small files only)::
 
     OUT/results.json, OUT/results.md, OUT/figures/*.png (+ clip_example.json, its data),
-    OUT/evaluation/<system>.json (full official scores), OUT/runs/<system>/{run.json,metrics.jsonl}
+    OUT/evaluation/seed<seed>/<system>.json (full official scores),
+    OUT/runs/seed<seed>/<system>/{run.json,metrics.jsonl}
 """
 
 from __future__ import annotations
@@ -29,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from devinet._io import atomic_write_json, atomic_write_text
 from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import FRAMES, N_MELS, Scaler
 from experiments import evaluation
@@ -71,6 +79,7 @@ class Options:
     test_audio: Path | None = None
     systems: tuple[str, ...] = tuple(SYSTEMS)
     seed: int = 2017
+    seeds: int = 1
     jobs: int = 1
     device: str = "cpu"
     threads: int | None = None
@@ -96,19 +105,25 @@ class Options:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         if args.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
         out = Path(args.out)
         path = lambda p: Path(p) if p is not None else None  # noqa: E731
         return cls(size=size, out=out, work_dir=Path(args.work_dir) if args.work_dir else out / "work",
                    data_root=path(args.data_root), meta_dir=path(args.meta_dir), train_audio=path(args.train_audio),
                    test_audio=path(args.test_audio), systems=resolve_systems(args.systems), seed=args.seed,
-                   jobs=args.jobs or usable_cores(), device=args.device, threads=args.threads,
+                   seeds=args.seeds, jobs=args.jobs or usable_cores(), device=args.device, threads=args.threads,
                    deterministic=args.deterministic,
                    force=args.force, progress=args.progress, command=command)
 
     @property
-    def experiment(self) -> str:
-        """The experiment's folder name under a dataset: size and seed."""
-        return f"{self.size.name}-seed{self.seed}"
+    def training_seeds(self) -> tuple[int, ...]:
+        """The training seeds: ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
+        return tuple(range(self.seed, self.seed + self.seeds))
+
+    def experiment(self, seed: int) -> str:
+        """The folder name of one training seed's runs and predictions under a dataset: size and seed."""
+        return f"{self.size.name}-seed{seed}"
 
 
 def _say(message: str) -> None:
@@ -281,21 +296,22 @@ def prepare_features(options: Options, dataset: Dataset) -> Features:
 
 
 # ---------------------------------------------------------------------- stage 3: training
-def run_dir(options: Options, dataset: Dataset, system: str) -> Path:
-    return options.work_dir / "runs" / dataset.tag / options.experiment / system
+def run_dir(options: Options, dataset: Dataset, system: str, seed: int) -> Path:
+    return options.work_dir / "runs" / dataset.tag / options.experiment(seed) / system
 
 
-def train_systems(options: Options, dataset: Dataset, features: Features) -> dict[str, TrainResult]:
-    """Train (or resume) every trained system of the options, one after the other."""
+def train_systems(options: Options, dataset: Dataset, features: Features, seed: int) -> dict[str, TrainResult]:
+    """Train (or resume) every trained system of the options with training seed ``seed``, one after the other."""
     monitor = EvalSet(TEST_SET, features.test.features, features.test.labels)
     results = {}
     for system in options.systems:
         if not SYSTEMS[system].trained:
             continue
-        _say(f"[train] {system}: {SYSTEMS[system].title} ({SYSTEMS[system].preset}, width {options.size.width:g})")
+        _say(f"[train] seed {seed}, {system}: {SYSTEMS[system].title} ({options.size.model(system).name}, "
+             f"schedule {options.size.schedule_name(system)})")
         results[system] = train(
             options.size.model(system), features.train.features, features.train.labels,
-            features.scaler, run_dir(options, dataset, system), options.size.training, seed=options.seed,
+            features.scaler, run_dir(options, dataset, system, seed), options.size.schedule(system), seed=seed,
             deterministic=options.deterministic, monitor=monitor, eval_batch_size=options.size.eval_batch_size,
             force=options.force, device=options.device, name=system, progress=options.progress,
             classes=CLASSES)
@@ -311,20 +327,21 @@ class Predictions:
     framewise: np.ndarray
 
 
-def predict_systems(options: Options, dataset: Dataset, features: Features) -> dict[str, Predictions]:
-    """Fused predictions of every system; written in CVSSP's probability formats to the work folder."""
+def predict_systems(options: Options, dataset: Dataset, features: Features, seed: int) -> dict[str, Predictions]:
+    """Fused predictions of every system trained with ``seed``; written in CVSSP's probability formats
+    to the work folder."""
     test = EvalSet(TEST_SET, features.test.features, features.test.labels)
     found: dict[str, Predictions] = {}
     for system in options.systems:
         spec = SYSTEMS[system]
         if spec.trained:
-            clip, frame = fused_predictions(run_dir(options, dataset, system), test, features.scaler,
+            clip, frame = fused_predictions(run_dir(options, dataset, system, seed), test, features.scaler,
                                             options.size.eval_batch_size, options.device)
             found[system] = Predictions(clip, frames_at_input_rate(frame, FRAMES))
         else:
             found[system] = Predictions(np.mean([found[m].clipwise for m in spec.members], axis=0),
                                         np.mean([found[m].framewise for m in spec.members], axis=0))
-        folder = options.work_dir / "predictions" / dataset.tag / options.experiment / system
+        folder = options.work_dir / "predictions" / dataset.tag / options.experiment(seed) / system
         folder.mkdir(parents=True, exist_ok=True)
         evaluation.write_at_probabilities(folder / "at_prob_mat.csv.gz", features.test.names, found[system].clipwise)
         evaluation.write_sed_probabilities(folder / "sed_prob_mat_list.csv.gz", features.test.names,
@@ -332,7 +349,7 @@ def predict_systems(options: Options, dataset: Dataset, features: Features) -> d
     return found
 
 
-def _truth(dataset: Dataset, names: list[str]) -> tuple[dict[str, frozenset[str]], list]:
+def truth(dataset: Dataset, names: list[str]) -> tuple[dict[str, frozenset[str]], list]:
     """The official ground truth restricted to the clips that have audio (the others cannot be predicted)."""
     present = set(names)
     weak = evaluation.read_at_truth(dataset.meta["weak_truth"])
@@ -345,7 +362,7 @@ def _truth(dataset: Dataset, names: list[str]) -> tuple[dict[str, frozenset[str]
 
 def evaluate_systems(dataset: Dataset, names: list[str], predictions: dict[str, Predictions]) -> dict[str, dict]:
     """Official AT (micro P/R/F1, CVSSP's 0.3 / arg-max rule) and SED (segment-based, 1 s) scores per system."""
-    weak, strong = _truth(dataset, names)
+    weak, strong = truth(dataset, names)
     scores = {}
     for system, pred in predictions.items():
         at = evaluation.evaluate_at(pred.clipwise, names, weak)
@@ -353,120 +370,6 @@ def evaluate_systems(dataset: Dataset, names: list[str], predictions: dict[str, 
         sed = evaluation.evaluate_sed(events, strong)
         scores[system] = {"at": at, "sed": sed}
     return scores
-
-
-# ---------------------------------------------------------------------- stage 5: report
-def _summary(options: Options, system: str, score: dict, run: TrainResult | None, parameters: int | None) -> dict:
-    spec = SYSTEMS[system]
-    at, sed = score["at"], score["sed"]
-    entry: dict[str, Any] = {
-        "title": spec.title,
-        "preset": spec.preset,
-        "members": list(spec.members),
-        "sed_source": spec.sed_source,
-        "at": {"f1": at["f1"], "precision": at["precision"], "recall": at["recall"],
-               "macro_f1": at["macro"]["f1"], "macro_auc": at["macro"].get("auc"),
-               "class_wise_f1": {label: row["f1"] for label, row in at["class_wise"].items()}},
-        "sed": {key: sed[key] for key in ("error_rate", "f1", "precision", "recall", "substitution_rate",
-                                          "deletion_rate", "insertion_rate")}
-               | {"class_wise_f1": {label: row["f1"] for label, row in sed["class_wise"].items()},
-                  "class_wise_error_rate": {label: row["error_rate"] for label, row in sed["class_wise"].items()}},
-    }
-    if run is not None:
-        schedule = options.size.training
-        entry["model"] = {"width": options.size.width, "parameters_keras_count": parameters}
-        entry["training"] = {
-            "epochs": run.epochs_done, "iterations": run.epochs_done * schedule.iterations_per_epoch,
-            "fused_epochs": list(schedule.fused_epochs),
-            "final_loss": run.history[-1]["loss"] if run.history else None,
-            "seconds": sum(r.get("train_seconds", 0.0) + r.get(f"{TEST_SET}_seconds", 0.0) for r in run.history),
-            "history": run.history,
-        }
-    return entry
-
-
-def _rounded(array: Any, decimals: int) -> list:
-    """A float array as nested lists of short decimals (float64 first: float32 values print long)."""
-    return np.round(np.asarray(array, dtype=np.float64), decimals).tolist()
-
-
-def _clip_example(names: list[str], strong: list) -> int:
-    """Index of the testing clip shown in the example figure: most labelled classes, then most events, then name."""
-    by_clip: dict[str, list] = {}
-    for event in strong:
-        if event.offset > event.onset:
-            by_clip.setdefault(clip_key(event.key), []).append(event)
-    ranked = sorted(by_clip, key=lambda k: (-len({e.label for e in by_clip[k]}), -len(by_clip[k]), k))
-    return names.index(ranked[0]) if ranked else 0
-
-
-def write_report(options: Options, dataset: Dataset, features: Features, runs: dict[str, TrainResult],
-                 predictions: dict[str, Predictions], scores: dict[str, dict], timing: dict[str, float],
-                 began: str) -> dict:
-    """results.json, results.md, figures and per-system files under ``options.out`` (all written atomically)."""
-    from devinet.model import DeviNet
-    from experiments import plots, report
-    from experiments.provenance import now, versions
-
-    out = options.out
-    for sub in ("figures", "evaluation", "runs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    systems = {}
-    for system in options.systems:
-        parameters = DeviNet(options.size.model(system)).num_parameters() if SYSTEMS[system].trained else None
-        systems[system] = _summary(options, system, scores[system], runs.get(system), parameters)
-        atomic_write_json(out / "evaluation" / f"{system}.json", {"system": system, **scores[system]})
-        if system in runs:
-            for name in ("run.json", "metrics.jsonl"):
-                target = out / "runs" / system / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(target, (runs[system].run_dir / name).read_text(encoding="utf-8"))
-
-    names = features.test.names
-    _, strong = _truth(dataset, names)
-    example = _clip_example(names, strong)
-    key = names[example]
-    clip_data = {
-        "clip": key,
-        "frame_step": evaluation.FRAME_STEP_SEC,
-        "logmel": _rounded(features.test.features[example], 2),
-        "events": [{"label": e.label, "onset": e.onset, "offset": e.offset} for e in strong if clip_key(e.key) == key],
-        "framewise": {s: _rounded(predictions[s].framewise[example], 3) for s in options.systems},
-        "classes": list(CLASSES),
-        "threshold": evaluation.DEFAULT_THRESHOLD,
-    }
-    atomic_write_json(out / "figures" / "clip_example.json", clip_data, indent=None)
-
-    results = {
-        "title": "DeviNet: reproduction of the weak-label experiments of Xu et al. (ICASSP 2018)",
-        "created": now(),
-        "started": began,
-        "command": options.command,
-        "size": options.size.to_dict(),
-        "seed": options.seed,
-        "deterministic": options.deterministic,
-        "dataset": dataset.info | {
-            "train_clips_used": len(features.train.names), "test_clips_scored": len(names),
-            "train_clips_without_audio": features.train.skipped, "test_clips_without_audio": features.test.skipped},
-        "metrics": report.METRIC_DEFINITIONS,
-        "systems": systems,
-        "ordering": report.ordering_checks(systems),
-        "paper": report.PAPER_FIGURES,
-        "timing_seconds": timing,
-        "versions": versions(),
-    }
-    figures = {
-        "training_curves": plots.plot_training_curves(
-            {s: e["training"]["history"] for s, e in systems.items() if "training" in e},
-            out / "figures" / "training_curves.png", monitor_key=f"{TEST_SET}_at_f1"),
-        "per_class_f1": plots.plot_per_class_f1(systems, out / "figures" / "per_class_f1.png",
-                                                 reference=report.per_class_reference()),
-        "clip_example": plots.plot_clip_example(clip_data, out / "figures" / "clip_example.png"),
-    }
-    results["figures"] = {name: str(path.relative_to(out)) for name, path in figures.items()}
-    atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "results.md", report.results_markdown(results))
-    return results
 
 
 # ---------------------------------------------------------------------- all stages
@@ -494,13 +397,26 @@ def reproduce(options: Options) -> dict:
         torch.set_num_threads(threads)
 
 
+@dataclass
+class SeedOutcome:
+    """What one training seed gave: the training runs, the official scores of every system and,
+    for the first seed only, the predictions (the example figure shows that seed's)."""
+
+    seed: int
+    runs: dict[str, TrainResult]
+    scores: dict[str, dict]
+    predictions: dict[str, Predictions] | None
+
+
 def _run_stages(options: Options, began: str) -> dict:
+    from experiments.summary import write_report
+
     timing: dict[str, float] = {}
 
     def timed(stage: str, fn, *args):
         start = time.perf_counter()
         value = fn(*args)
-        timing[stage] = round(time.perf_counter() - start, 1)
+        timing[stage] = round(timing.get(stage, 0.0) + time.perf_counter() - start, 1)
         return value
 
     dataset = timed("data", prepare_data, options)
@@ -508,16 +424,19 @@ def _run_stages(options: Options, began: str) -> dict:
     try:
         if not features.test.names:
             raise InputError("no testing clip has audio: nothing to evaluate")
-        runs = timed("training", train_systems, options, dataset, features)
-        predictions = timed("prediction", predict_systems, options, dataset, features)
-        scores = timed("evaluation", evaluate_systems, dataset, features.test.names, predictions)
+        outcomes = []
+        for seed in options.training_seeds:
+            runs = timed("training", train_systems, options, dataset, features, seed)
+            predictions = timed("prediction", predict_systems, options, dataset, features, seed)
+            scores = timed("evaluation", evaluate_systems, dataset, features.test.names, predictions)
+            outcomes.append(SeedOutcome(seed, runs, scores, predictions if not outcomes else None))
         timing["total_before_report"] = round(sum(timing.values()), 1)
-        results = write_report(options, dataset, features, runs, predictions, scores, timing, began)
+        results = write_report(options, dataset, features, outcomes, timing, began)
     finally:
         features.close()
     return results
 
 
-__all__ = ["Options", "Dataset", "Features", "Split", "Predictions", "prepare_data", "prepare_features",
-           "train_systems", "predict_systems", "evaluate_systems", "write_report", "reproduce", "run_dir",
-           "META_FILES", "AUDIO_CANDIDATES"]
+__all__ = ["Options", "Dataset", "Features", "Split", "Predictions", "SeedOutcome", "prepare_data",
+           "prepare_features", "train_systems", "predict_systems", "evaluate_systems", "truth", "reproduce", "run_dir",
+           "META_FILES", "AUDIO_CANDIDATES", "TEST_SET"]

@@ -1,7 +1,8 @@
 """Figures of ``devinet reproduce``, each drawn from saved statistics (one function per figure).
 
 Every function takes plain data (what results.json, the metrics logs and clip_example.json
-hold), writes a PNG atomically with matplotlib's Agg backend and returns its path.
+hold), writes a PNG atomically with matplotlib's Agg backend and returns its path. On the
+synthetic stand-in every title says so, and no figure reported on the real data is drawn.
 """
 
 from __future__ import annotations
@@ -34,48 +35,66 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike,
-                         monitor_key: str = "test_at_f1") -> Path:
-    """Training loss and the monitored AT micro F1 per epoch, one line per system.
+def _data_tag(synthetic: bool) -> str:
+    return "synthetic stand-in: " if synthetic else ""
 
-    histories: system -> its metrics records (``epoch``, ``iteration``, ``loss``, ``monitor_key``).
+
+def plot_training_curves(histories: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]],
+                         path: str | os.PathLike, monitor_key: str = "test_at_f1", synthetic: bool = False) -> Path:
+    """Training loss and the monitored AT micro F1 per epoch: one colour per system, one line per seed.
+
+    histories: system -> seed -> its metrics records (``epoch``, ``iteration``, ``loss``, ``monitor_key``).
     """
     plt = _pyplot()
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for name, records in histories.items():
-        iterations = [r["iteration"] for r in records]
-        ax_loss.plot(iterations, [r["loss"] for r in records], marker="o", ms=3, label=name)
-        if records and monitor_key in records[0]:
-            ax_f1.plot(iterations, [r[monitor_key] for r in records], marker="o", ms=3, label=name)
-    ax_loss.set(xlabel="iteration", ylabel="binary cross-entropy (epoch mean)", title="training loss")
+    for k, (name, runs) in enumerate(histories.items()):
+        colour = f"C{k % 10}"
+        for j, records in enumerate(runs.values()):
+            iterations = [r["iteration"] for r in records]
+            label = name if j == 0 else None
+            ax_loss.plot(iterations, [r["loss"] for r in records], color=colour, marker="o", ms=2, lw=1, label=label)
+            if records and monitor_key in records[0]:
+                ax_f1.plot(iterations, [r[monitor_key] for r in records], color=colour, marker="o", ms=2, lw=1,
+                           label=label)
+    tag = _data_tag(synthetic)
+    ax_loss.set(xlabel="iteration", ylabel="binary cross-entropy (epoch mean)", title=f"{tag}training loss")
     ax_f1.set(xlabel="iteration", ylabel="AT micro F1", ylim=(0, 1),
-              title="testing AT micro F1 per checkpoint (monitoring only)")
+              title=f"{tag}testing AT micro F1 per checkpoint (monitoring only)")
     for ax in (ax_loss, ax_f1):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_per_class_f1(systems: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
-                      reference: Mapping[str, tuple[float, str]] | None = None) -> Path:
-    """Per-class AT F1 and SED segment F1 (1 s), grouped bars per system.
+def _nan(values: Sequence[float | None]) -> list[float]:
+    return [np.nan if v is None else v for v in values]
 
-    systems: name -> results.json entry (``at.class_wise_f1``, ``sed.class_wise_f1``, micro ``f1``).
-    reference: optional ``{"at"|"sed": (value, label)}`` drawn as a dashed horizontal line.
+
+def plot_per_class_f1(systems: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
+                      reference: Mapping[str, tuple[float, str]] | None = None, synthetic: bool = False) -> Path:
+    """Per-class AT F1 and SED segment F1 (1 s), grouped bars per system: the mean over seeds, with
+    ± one standard deviation as error bars when there are several seeds.
+
+    systems: name -> results.json entry (``mean`` and ``std``, each with ``at``/``sed`` ``class_wise_f1``
+    and micro ``f1``). reference: optional ``{"at"|"sed": (value, label)}`` drawn as a dashed
+    horizontal line (the caller passes none for synthetic data).
     """
     plt = _pyplot()
     names = list(systems)
-    classes = list(next(iter(systems.values()))["at"]["class_wise_f1"]) if names else []
+    classes = list(next(iter(systems.values()))["mean"]["at"]["class_wise_f1"]) if names else []
     fig, axes = plt.subplots(2, 1, figsize=(13, 8), sharex=True)
     width = 0.8 / max(1, len(names))
     x = np.arange(len(classes))
-    for task, ax, title in (("at", axes[0], "audio tagging: per-class F1"),
-                            ("sed", axes[1], "event detection: per-class segment F1 (1 s)")):
+    tag = _data_tag(synthetic)
+    for task, ax, title in (("at", axes[0], f"{tag}audio tagging: per-class F1"),
+                            ("sed", axes[1], f"{tag}event detection: per-class segment F1 (1 s)")):
         for k, name in enumerate(names):
-            per_class = systems[name][task]["class_wise_f1"]
-            values = [per_class.get(label) for label in classes]
-            ax.bar(x + (k - (len(names) - 1) / 2) * width, [np.nan if v is None else v for v in values],
-                   width, label=f"{name} (micro {systems[name][task]['f1']:.2f})")
+            mean, std = systems[name]["mean"][task], systems[name]["std"][task]
+            values = _nan([mean["class_wise_f1"].get(label) for label in classes])
+            errors = _nan([std["class_wise_f1"].get(label) for label in classes])
+            ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width,
+                   yerr=None if np.all(np.isnan(errors)) else errors, error_kw={"lw": 0.6, "capsize": 1.5},
+                   label=f"{name} (micro {mean['f1']:.2f})")
         if reference and task in reference:
             value, label = reference[task]
             ax.axhline(value, color="black", ls="--", lw=1, label=label)
@@ -91,7 +110,8 @@ def plot_clip_example(clip: Mapping[str, Any], path: str | os.PathLike, max_rows
     """One clip: its log-mel, then per class the frame-wise probabilities of each system over the strong labels.
 
     clip: ``clip`` (name), ``frame_step`` (s), ``logmel`` (T, F), ``framewise`` {system: (T, C)},
-    ``events`` [{label, onset, offset}], ``classes`` (C names), ``threshold``. Rows show the
+    ``events`` [{label, onset, offset}], ``classes`` (C names), ``threshold``; optional ``synthetic``
+    (the title says which data) and ``seed`` (whose predictions). Rows show the
     labelled classes, then the most probable others, up to ``max_rows``.
     """
     plt = _pyplot()
@@ -107,7 +127,9 @@ def plot_clip_example(clip: Mapping[str, Any], path: str | os.PathLike, max_rows
     axes = np.atleast_1d(axes)
     t_end = logmel.shape[0] * step
     axes[0].imshow(logmel.T, origin="lower", aspect="auto", extent=(0, t_end, 0, logmel.shape[1]), cmap="magma")
-    axes[0].set(ylabel="mel bin", title=f"{clip['clip']}: log-mel (unscaled)")
+    source = "synthetic stand-in" if clip.get("synthetic") else "real data"
+    seed = f", seed {clip['seed']}" if "seed" in clip else ""
+    axes[0].set(ylabel="mel bin", title=f"{source}: {clip['clip']}: log-mel (unscaled){seed}")
     t = np.arange(logmel.shape[0]) * step
     for ax, label in zip(axes[1:], rows):
         for event in clip["events"]:

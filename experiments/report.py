@@ -24,61 +24,62 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "sed.f1": "SED segment F1 (1 s): segment-based F1 on 1-s segments, overall, same events",
 }
 
-_TECH_REPORT = ("Xu, Kong, Wang, Plumbley: DCASE 2017 Task 4 technical report DCASE2017_Xu_146 "
-                "(arXiv:1709.00551)")
-_CHALLENGE = ("DCASE 2017 Task 4 challenge results, CVSSP entry (Xu, Kong, Wang, Plumbley, ICASSP 2018, "
-              "arXiv:1710.00343)")
+_RESULTS_PAGE = ("DCASE 2017 Task 4 challenge results page, subtask A table "
+                 "(http://dcase.community/challenge2017/task-large-scale-sound-event-detection-results)")
+_ICASSP = ("Xu, Kong, Wang, Plumbley, \"Large-scale weakly supervised audio classification using gated "
+           "convolutional neural network\", ICASSP 2018 (arXiv:1710.00343), abstract")
+_TECH_REPORT = ("Xu, Kong, Wang, Plumbley, \"Surrey-CVSSP system for DCASE2017 challenge task4\", technical report "
+                "DCASE2017_Xu_146, as quoted by the project's shared docs/evaluation.md")
+_DEV = "DCASE 2017 Task 4 development set: its testing split, 488 real clips"
+_EVAL = "DCASE 2017 Task 4 evaluation set, real clips"
 
-#: Figures reported on the real DCASE 2017 Task 4 data, with their sources (None: not reported).
+#: Figures reported on the real DCASE 2017 Task 4 data, each with its source. A metric is None when
+#: the source does not report it, and listed in ``not_read`` when the source (or the challenge's
+#: results page) reports it but it could not be read where this table was checked. ``checked``:
+#: whether the figure was read in the cited source itself. How each was checked: experiments/README.md.
 PAPER_FIGURES: list[dict[str, Any]] = [
-    {"source": _TECH_REPORT, "data": "DCASE 2017 Task 4 development (testing) set, 488 real clips",
-     "system": "CVSSP system (gated CRNN)", "at_f1": 0.61, "sed_error_rate": 0.73, "sed_f1": None},
-    {"source": _TECH_REPORT, "data": "DCASE 2017 Task 4 development (testing) set, 488 real clips",
-     "system": "official DCASE 2017 Task 4 baseline (as reported there)", "at_f1": 0.131, "sed_error_rate": 1.02,
-     "sed_f1": None},
-    {"source": _CHALLENGE, "data": "DCASE 2017 Task 4 evaluation set, real clips",
-     "system": "CVSSP (1st in audio tagging, 2nd team in SED)", "at_f1": 0.556, "sed_error_rate": 0.73,
-     "sed_f1": None},
+    {"split": "development", "data": _DEV, "system": "official DCASE 2017 Task 4 baseline (Badlani2017)",
+     "submission": "DCASE2017 baseline", "at_f1": 0.109, "at_precision": 0.078, "at_recall": 0.175,
+     "sed_error_rate": None, "sed_f1": None, "not_read": ["sed_error_rate", "sed_f1"], "source": _RESULTS_PAGE,
+     "checked": True, "note": "row \"DCASE2017 baseline\"; its SED figures are in the subtask B table, not read here"},
+    {"split": "evaluation", "data": _EVAL, "system": "official DCASE 2017 Task 4 baseline (Badlani2017)",
+     "submission": "DCASE2017 baseline", "at_f1": 0.182, "at_precision": 0.150, "at_recall": 0.231,
+     "sed_error_rate": None, "sed_f1": None, "not_read": ["sed_error_rate", "sed_f1"], "source": _RESULTS_PAGE,
+     "checked": True, "note": "same row"},
+    {"split": "evaluation", "data": _EVAL, "system": "CVSSP, the team's best submission in each subtask (1st in "
+     "audio tagging, 2nd team in SED)", "submission": None, "at_f1": 0.556, "at_precision": None,
+     "at_recall": None, "sed_error_rate": 0.73, "sed_f1": None,
+     "not_read": ["submission", "at_precision", "at_recall", "sed_f1"], "source": _ICASSP, "checked": True,
+     "note": "\"F value 55.6% and Equal error 0.73\": the abstract's \"Equal error\" is the challenge's SED "
+             "segment ER; the submission codes (Xu_CVSSP_task4_1..4) and the other figures of these rows are "
+             "on the results page, not read here"},
+    {"split": "development", "data": _DEV, "system": "CVSSP's system in its technical report: a fusion, not one "
+     "gated CRNN (issue 19's reading, not checked)", "submission": None, "at_f1": 0.61, "at_precision": None,
+     "at_recall": None, "sed_error_rate": 0.73, "sed_f1": None, "not_read": ["submission"],
+     "source": _TECH_REPORT, "checked": False,
+     "note": "the technical report could not be reached to check these figures, the system they describe or "
+             "its arXiv number"},
 ]
 
-#: The paper's orderings checked on our results: (claim, metric key, better, system, against).
-ORDERINGS: list[tuple[str, str, str, str, str]] = [
-    ("gating helps tagging (gated over non-gated CRNN, both mean pooling)", "at.f1", "higher",
-     "gated_crnn_mean", "crnn_baseline"),
-    ("gating helps tagging (gated CRNN with attention over the non-gated CRNN)", "at.f1", "higher",
-     "gated_crnn_attention", "crnn_baseline"),
-    ("attention helps event detection (attention over mean pooling, gated CRNN)", "sed.error_rate", "lower",
-     "gated_crnn_attention", "gated_crnn_mean"),
-    ("attention helps event detection (attention over mean pooling, gated CRNN)", "sed.f1", "higher",
-     "gated_crnn_attention", "gated_crnn_mean"),
-]
-METRIC_NAMES = {"at.f1": "AT micro F1", "at.precision": "AT micro precision", "at.recall": "AT micro recall",
-                "sed.error_rate": "SED segment ER (1 s)", "sed.f1": "SED segment F1 (1 s)"}
+#: What the reference table says about figures it does not carry.
+PAPER_FIGURE_NOTES = (
+    "13.1 %, given earlier in this project as the baseline's development AT F1 (quoted from the CVSSP technical "
+    "report), is not used: the results page gives 10.9 %. It may be the baseline's development SED F1; that, and "
+    "the baseline's development SED ER of 1.02 quoted from the same report, could not be checked.",
+    "`fusion` in our results is this project's own construction (the mean of our three systems' outputs); it is "
+    "not CVSSP's fusion.",
+)
 
 
-def _value(system: Mapping[str, Any], metric: str) -> float | None:
-    task, name = metric.split(".")
-    return system[task][name]
-
-
-def ordering_checks(systems: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Whether each of the paper's orderings holds among ``systems`` (those whose two systems ran)."""
-    checks = []
-    for claim, metric, better, system, against in ORDERINGS:
-        if system not in systems or against not in systems:
-            continue
-        ours, theirs = _value(systems[system], metric), _value(systems[against], metric)
-        holds = None if ours is None or theirs is None else (ours > theirs if better == "higher" else ours < theirs)
-        checks.append({"claim": claim, "metric": METRIC_NAMES[metric], "better": better, "system": system,
-                       "against": against, "values": [ours, theirs], "holds": holds})
-    return checks
-
-
-def per_class_reference() -> dict[str, tuple[float, str]]:
-    """Reference lines for the per-class figure: the paper reports no per-class F1 on the development
-    set, so the AT panel shows its overall micro F1 as context, labelled as such; SED gets none."""
-    figure = PAPER_FIGURES[0]
-    return {"at": (figure["at_f1"], "CVSSP, real development set: overall micro F1 (tech report)")}
+def per_class_reference(dataset_kind: str) -> dict[str, tuple[float, str]]:
+    """Reference lines for the per-class figure: none on synthetic data (figures reported on the real data
+    do not apply to it); on the real data, the checked development-set AT micro F1 figures, labelled as
+    overall (not per-class) values."""
+    if dataset_kind == "synthetic":
+        return {}
+    checked = [f for f in PAPER_FIGURES if f["checked"] and f["split"] == "development" and f["at_f1"] is not None]
+    return {"at": (checked[0]["at_f1"], f"{checked[0]['system']}, real development set: overall AT micro F1 "
+                                        "(results page)")} if checked else {}
 
 
 # ---------------------------------------------------------------------- markdown
@@ -90,8 +91,27 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _cell(mean: float | None, std: float | None, fmt) -> str:
+    """``mean ± std`` in the metric's format (a percentage's std in points); the mean alone with one seed."""
+    if std is None:
+        return fmt(mean)
+    return f"{fmt(mean)} ± {fmt(std)}"
+
+
+def _signed(difference: float | None, metric_key: str) -> str:
+    if difference is None:
+        return "–"
+    return f"{difference:+.2f}" if metric_key == "sed.error_rate" else f"{100 * difference:+.1f}"
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+_SCORE_COLUMNS = (("at", "f1", _pct), ("at", "precision", _pct), ("at", "recall", _pct),
+                  ("sed", "error_rate", _num), ("sed", "f1", _pct))
+_SCORE_HEADER = ["AT micro F1 (%)", "AT micro P (%)", "AT micro R (%)", "SED segment ER (1 s)",
+                 "SED segment F1 (1 s, %)"]
 
 
 def _versions_line(versions: Mapping[str, Any]) -> str:
@@ -101,7 +121,7 @@ def _versions_line(versions: Mapping[str, Any]) -> str:
 
 def _dataset_line(dataset: Mapping[str, Any]) -> str:
     if dataset["kind"] == "synthetic":
-        return (f"the built-in synthetic stand-in for DCASE 2017 Task 4 (generator version "
+        return (f"the built-in **synthetic** stand-in for DCASE 2017 Task 4 (generator version "
                 f"{dataset['generator_version']}, size {dataset['size']}, seed {dataset['seed']}): "
                 f"{dataset['train_clips_used']} training clips, {dataset['test_clips_scored']} testing clips "
                 f"scored. These are synthesized sounds, not real recordings: our numbers are not comparable "
@@ -112,74 +132,148 @@ def _dataset_line(dataset: Mapping[str, Any]) -> str:
             + (f" ({missing} testing clips without audio are left out)" if missing else "") + ".")
 
 
-def results_markdown(results: Mapping[str, Any]) -> str:
-    """``results.md``: our table, the ordering checks, the paper's figures (sources named), the figures."""
-    size, systems = results["size"], results["systems"]
-    training = size["training"]
-    lines = [
-        "# Weak-label experiments of Xu et al. (ICASSP 2018), reproduced with devinet",
-        "",
-        f"Produced by `{results['command']}` on {results['created']} "
-        f"({_versions_line(results['versions'])}).",
-        "",
-        f"Data: {_dataset_line(results['dataset'])}",
-        "",
-        f"Size `{size['name']}`: {size['description']}. Training: Adam (learning rate "
-        f"{training['learning_rate']:g}), balanced batches of {training['batch_size']}, {training['epochs']} "
-        f"epochs of {training['iterations_per_epoch']} iterations, predictions fused over the last "
-        f"{training['fused_checkpoints']} epochs' checkpoints; models at width {size['width']:g} of the paper's "
-        f"(1 = the paper's models)" + "".join(f", {key} {value}" for key, value in size["model_overrides"].items())
-        + f"; seed {results['seed']}.",
-        "",
-        "## Our results (testing split)",
-        "",
-        _row(["System", "AT micro F1 (%)", "AT micro P (%)", "AT micro R (%)", "SED segment ER (1 s)",
-              "SED segment F1 (1 s, %)"]),
-        _row(["---", "---:", "---:", "---:", "---:", "---:"]),
+def _setup_lines(results: Mapping[str, Any]) -> list[str]:
+    size, seeds = results["size"], results["seeds"]
+    return [
+        "# Weak-label experiments of Xu et al. (ICASSP 2018), reproduced with devinet", "",
+        f"Produced by `{results['command']}` on {results['created']} ({_versions_line(results['versions'])}).", "",
+        f"Data: {_dataset_line(results['dataset'])}", "",
+        f"Size `{size['name']}`: {size['description']}; models at width {size['width']:g} of the paper's "
+        f"(1 = the paper's models)" + "".join(f", {k} {v}" for k, v in size["model_overrides"].items()) + ".", "",
+        f"Seeds: {', '.join(map(str, seeds))} ({len(seeds)} training run{'s' if len(seeds) > 1 else ''} per "
+        f"system): {results['seed_rule']}. Scores are the mean ± sample standard deviation over the seeds.",
     ]
-    for name, entry in systems.items():
-        at, sed = entry["at"], entry["sed"]
-        lines.append(_row([f"`{name}`: {entry['title']}", _pct(at["f1"]), _pct(at["precision"]),
-                           _pct(at["recall"]), _num(sed["error_rate"]), _pct(sed["f1"])]))
+
+
+def _models_lines(systems: Mapping[str, Any]) -> list[str]:
+    trained = {name: e for name, e in systems.items() if "model" in e}
+    if not trained:
+        return []
+    lines = ["", "## Systems, models and schedules", "",
+             _row(["System", "Model", "Conv block outputs", "Parameters", "Keras count", "Schedule", "Epochs × iterations",
+                   "Fused epochs (Keras files)"]), _row(["---", "---", "---", "---:", "---:", "---", "---", "---"])]
+    for name, e in trained.items():
+        m, s = e["model"], e["schedule"]
+        blocks = f"{m['conv_channels']}, {m['conv_block']}"
+        fused = f"{_span(s['fused_epochs'])} ({_span(s['keras_checkpoint_numbers'])})"
+        lines.append(_row([f"`{name}`: {e['title']}", f"`{m['name']}`", blocks, f"{m['parameters']:,}",
+                           f"{m['parameters_keras_count']:,}", f"`{s['name']}`",
+                           f"{s['epochs']} × {s['iterations_per_epoch']}, batch {s['batch_size']}, "
+                           f"lr {s['learning_rate']:g}", fused]))
+    lines += ["", "Parameters: trainable; Keras count adds BatchNorm's moving statistics."]
+    if "crnn_ungated_matched" in trained and "gated_crnn_mean" in trained:
+        ours, twin = trained["gated_crnn_mean"]["model"], trained["crnn_ungated_matched"]["model"]
+        gap = twin["parameters"] - ours["parameters"]
+        lines += ["", f"Capacity-matched ablation: `crnn_ungated_matched` replaces each gated block of "
+                      f"`gated_crnn_mean` ({ours['conv_channels']} outputs from a convolution to "
+                      f"{2 * ours['conv_channels']} maps) by a ReLU block of {twin['conv_channels']} channels, the "
+                      f"integer closest in parameter count: {twin['parameters']:,} against {ours['parameters']:,} "
+                      f"trainable parameters ({gap:+,}, {100 * gap / ours['parameters']:+.2f} %); pooling, final "
+                      "conv, GRU and head are identical."]
+    lines += ["", "Schedules: `main_crnn_at` is main_crnn_at.py's and main_crnn_sed.py's (a checkpoint per 100 "
+                  "iterations, fusion of the weights after epochs 21..30); `icassp2018_baseline` is that of the "
+                  "ICASSP 2018 baseline and the challenge-era prediction scripts (a checkpoint every 10 epochs, "
+                  "fusion after epochs 20..80 step 10: Keras files 19..79); a `size` schedule is this size's own. "
+                  "CVSSP chose their fusion ranges on the development (testing) split, the split scored here "
+                  "(experiments/README.md); here the fused epochs are fixed before training."]
+    return lines
+
+
+def _span(values: list[int]) -> str:
+    if len(values) > 2 and len({b - a for a, b in zip(values, values[1:])}) == 1:
+        step = values[1] - values[0]
+        return f"{values[0]}..{values[-1]}" + (f" step {step}" if step != 1 else "")
+    return ", ".join(map(str, values))
+
+
+def _scores_lines(systems: Mapping[str, Any], several: bool) -> list[str]:
+    lines = ["", "## Our results (testing split)", "", _row(["System", *_SCORE_HEADER]),
+             _row(["---"] + ["---:"] * len(_SCORE_HEADER))]
+    for name, e in systems.items():
+        cells = [_cell(e["mean"][task][key], e["std"][task][key], fmt) for task, key, fmt in _SCORE_COLUMNS]
+        lines.append(_row([f"`{name}`: {e['title']}", *cells]))
     lines += ["", "SED of the mean-pooling systems: " + next(
         (e["sed_source"] for e in systems.values() if e["preset"] in ("cvssp_crnn_at", "cvssp_crnn_baseline")),
         "n/a") + "."]
-    checks = results.get("ordering", [])
-    if checks:
-        lines += ["", "## Does the paper's ordering hold here?", "",
-                  _row(["Paper's finding", "Metric", "Ours", "Holds here"]), _row(["---", "---", "---", "---"])]
-        for check in checks:
-            fmt = _num if "ER" in check["metric"] else _pct
-            ours = (f"`{check['system']}` {fmt(check['values'][0])} vs `{check['against']}` "
-                    f"{fmt(check['values'][1])} ({check['better']} is better)")
-            verdict = {True: "yes", False: "**no**", None: "undefined"}[check["holds"]]
-            lines.append(_row([check["claim"], check["metric"], ours, verdict]))
-        lines += ["", f"One training run per system (seed {results['seed']}): no seed-to-seed variation is "
-                      "measured, so a difference of a point or so may not survive another seed."]
-    lines += ["", "## Figures reported on the real data (for reference; other data than ours)", "",
-              _row(["Source", "Data", "System", "AT micro F1 (%)", "SED segment ER (1 s)", "SED segment F1 (1 s, %)"]),
-              _row(["---", "---", "---", "---:", "---:", "---:"])]
-    for figure in results["paper"]:
-        lines.append(_row([figure["source"], figure["data"], figure["system"], _pct(figure["at_f1"]),
-                           _num(figure["sed_error_rate"]), _pct(figure["sed_f1"])]))
-    lines += ["", "– : not reported. CVSSP's frame-level \"error rate\" (in its own statistics files) is a "
-              "different metric and is not shown.", "", "## Metrics", ""]
-    lines += [f"- {definition}" for definition in results["metrics"].values()]
+    if several:
+        lines += ["", "### Each seed", "", _row(["System", "Seed", *_SCORE_HEADER]),
+                  _row(["---", "---:"] + ["---:"] * len(_SCORE_HEADER))]
+        for name, e in systems.items():
+            for run in e["runs"]:
+                cells = [fmt(run[task][key]) for task, key, fmt in _SCORE_COLUMNS]
+                lines.append(_row([f"`{name}`", str(run["seed"]), *cells]))
+    return lines
+
+
+def _claims_lines(claims: list[Mapping[str, Any]], seeds: list[int]) -> list[str]:
+    if not claims:
+        return []
+    lines = ["", "## Do the paper's orderings hold here?", "",
+             _row(["Finding", "Metric", "Compared", "Difference per seed", "Holds in", "Mean difference",
+                   "Verdict"]), _row(["---", "---", "---", "---", "---:", "---:", "---"])]
+    for c in claims:
+        key = c["metric_key"]
+        per_seed = "; ".join(f"{r['seed']}: {_signed(r['difference'], key)} "
+                             f"{'✓' if r['holds'] else '✗'}" for r in c["per_seed"])
+        mean = _signed(c["mean_difference"], key) + (
+            "" if c["std_difference"] is None else f" ± {_signed(c['std_difference'], key).lstrip('+')}")
+        verdict = c["verdict"] if c["verdict"] == "holds" else f"**{c['verdict']}**"
+        origin = "" if c["origin"] == "paper" else " (our ablation)"
+        lines.append(_row([c["claim"] + origin, c["metric"], f"`{c['system']}` − `{c['against']}` "
+                           f"({c['better']} is better)", per_seed, f"{c['holds_in']}/{c['seeds']}", mean, verdict]))
+    lines += ["", "Differences are paired (both systems trained with the same seed, on the same data, scored on "
+                  "the same clips), in points for F1 and in ER units for the error rate. A finding \"holds\" only "
+                  "when it holds in every seed; \"mixed\" when in some; \"does not hold\" when in none."]
+    if len(seeds) == 1:
+        lines += ["", f"One training run per system (seed {seeds[0]}): no seed-to-seed variation is measured, so "
+                      "a difference of a point or so may not survive another seed (`--seeds N`)."]
+    return lines
+
+
+def _reference_lines(figures: list[Mapping[str, Any]]) -> list[str]:
+    lines = ["", "## Figures reported on the real data (for reference; other data than ours)", "",
+             _row(["Split", "System", "Submission", *_SCORE_HEADER, "Source", "Checked here"]),
+             _row(["---", "---", "---"] + ["---:"] * len(_SCORE_HEADER) + ["---", "---"])]
+    for f in figures:
+        cells = ["?" if f"{task}_{key}" in f["not_read"] else fmt(f[f"{task}_{key}"])
+                 for task, key, fmt in _SCORE_COLUMNS]
+        submission = "?" if "submission" in f["not_read"] else (f["submission"] or "–")
+        checked = "yes" if f["checked"] else "**no: unverifiable here**"
+        lines.append(_row([f["split"], f["system"], submission, *cells, f"{f['source']}; {f['note']}", checked]))
+    lines += ["", "– : not reported by the source. ? : reported by the source or the challenge's results page, "
+                  "but not readable where this table was checked. CVSSP's frame-level \"error rate\" (in its own "
+                  "statistics files) is a different metric and is not shown.", ""]
+    lines += [f"- {note}" for note in PAPER_FIGURE_NOTES]
+    return lines
+
+
+def _closing_lines(results: Mapping[str, Any]) -> list[str]:
+    lines = ["", "## Metrics", ""] + [f"- {definition}" for definition in results["metrics"].values()]
     figures = results.get("figures", {})
     if figures:
         lines += ["", "## Figures", ""]
-        captions = {"training_curves": "Training loss and testing AT micro F1 per epoch (monitoring only: "
-                                       "no choice is made from it)",
-                    "per_class_f1": "Per-class AT F1 and SED segment F1 (1 s)",
-                    "clip_example": "A testing clip: log-mel, frame-wise probabilities and the strong labels"}
+        captions = {"training_curves": "Training loss and testing AT micro F1 per epoch, every seed (monitoring "
+                                       "only: no choice is made from it)",
+                    "per_class_f1": "Per-class AT F1 and SED segment F1 (1 s), mean over seeds (bars: ± one "
+                                    "standard deviation)",
+                    "clip_example": "A testing clip: log-mel, frame-wise probabilities (first seed) and the "
+                                    "strong labels"}
         for name, path in figures.items():
             lines += [f"![{captions.get(name, name)}]({path})", "", f"*{captions.get(name, name)}.*", ""]
     timing = results.get("timing_seconds", {})
     if timing:
         lines += ["## Time", "", ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in timing.items())
-                  + " (this invocation; stages resumed from an earlier one take less).", ""]
+                  + " (this invocation, all seeds; stages resumed from an earlier one take less).", ""]
+    return lines
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    """``results.md``: setup, our scores over seeds, the orderings seed by seed, the reported figures, figures."""
+    lines = _setup_lines(results) + _models_lines(results["systems"])
+    lines += _scores_lines(results["systems"], len(results["seeds"]) > 1)
+    lines += _claims_lines(results.get("claims", []), results["seeds"])
+    lines += _reference_lines(results["paper"]) + _closing_lines(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
-__all__ = ["METRIC_DEFINITIONS", "PAPER_FIGURES", "ORDERINGS", "METRIC_NAMES", "ordering_checks",
-           "per_class_reference", "results_markdown"]
+__all__ = ["METRIC_DEFINITIONS", "PAPER_FIGURES", "PAPER_FIGURE_NOTES", "per_class_reference", "results_markdown"]

@@ -5,6 +5,11 @@ Systems (Xu, Kong, Wang, Plumbley, ICASSP 2018, weak-label experiments):
 - ``crnn_baseline``: the non-gated CRNN of the paper (preset ``cvssp_crnn_baseline``, after the
   original ``main_cnnrnn_balbatch_norm_baseline_icassp2018.py``: conv-BN blocks without gating
   or nonlinearity, one ReLU BiGRU, mean pooling over 30 frames).
+- ``crnn_ungated_matched``: an ablation of ours, not in the paper: ``gated_crnn_mean`` with
+  each gated (GLU) block replaced by a plain conv-BatchNorm-ReLU block of the same parameter
+  count (:func:`devinet.config.ungated_matched`: 85 channels instead of 64 gated ones at full
+  width), everything else identical, so that "gating helps" is tested alone (the paper's
+  baseline also differs in pooling, GRU type and GRU size).
 - ``gated_crnn_mean``: the gated CRNN with mean pooling (preset ``cvssp_crnn_at``,
   ``main_crnn_at.py`` of the original).
 - ``gated_crnn_attention``: the gated CRNN with attention pooling over 240 frames (preset
@@ -22,7 +27,10 @@ it pools (nearest-neighbour upsampling to 240 frames), and the same CVSSP post-p
 Sizes (``experiments/configs/{tiny,quick,full}.yaml``) set the data size, the training
 schedule and, for the small sizes, a width factor: ``width: 0.25`` builds every system with a
 quarter of the channels and GRU units of its preset (the same architecture otherwise), which
-is what makes the quick run fit on two CPU cores; ``full`` uses the paper's widths.
+is what makes the quick run fit on two CPU cores; ``full`` uses the paper's widths. The
+ablation is matched to the gated model at the size's width (not scaled from the full-width
+match). ``training: original`` (the full size) trains each system with the schedule of its
+original script (:attr:`System.original_schedule`, :data:`experiments.train.ORIGINAL_SCHEDULES`).
 """
 
 from __future__ import annotations
@@ -35,9 +43,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from devinet.config import DeviNetConfig, preset_config
+from devinet.config import DeviNetConfig, preset_config, ungated_matched
 from devinet.errors import ConfigError, FileFormatError
-from experiments.train import TrainSchedule
+from experiments.train import ORIGINAL_SCHEDULES, TrainSchedule
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,10 @@ class System:
         preset: the devinet preset it trains, None for a fusion.
         members: the systems a fusion averages (empty for a trained system).
         sed_source: how its 240-frame SED output is obtained (documented in the results).
+        original_schedule: the key of :data:`experiments.train.ORIGINAL_SCHEDULES` its original
+            script used (``training: original`` in a size config); empty for a fusion.
+        ablation: "ungated_matched" derives the model from the preset with
+            :func:`devinet.config.ungated_matched`; empty for the preset itself.
     """
 
     name: str
@@ -57,22 +69,28 @@ class System:
     preset: str | None
     members: tuple[str, ...] = ()
     sed_source: str = ""
+    original_schedule: str = ""
+    ablation: str = ""
 
     @property
     def trained(self) -> bool:
         return self.preset is not None
 
 
+_REPEATED_30 = "30-frame output, each frame repeated over the 8 input frames it pools"
 SYSTEMS: dict[str, System] = {
     "crnn_baseline": System(
         "crnn_baseline", "CRNN baseline (no gating), mean pooling", "cvssp_crnn_baseline",
-        sed_source="30-frame output, each frame repeated over the 8 input frames it pools"),
+        sed_source=_REPEATED_30, original_schedule="icassp2018_baseline"),
+    "crnn_ungated_matched": System(
+        "crnn_ungated_matched", "gated CRNN's twin without gating (ReLU blocks, same parameter count), mean pooling",
+        "cvssp_crnn_at", sed_source=_REPEATED_30, original_schedule="main_crnn_at", ablation="ungated_matched"),
     "gated_crnn_mean": System(
         "gated_crnn_mean", "gated CRNN, mean pooling", "cvssp_crnn_at",
-        sed_source="30-frame output, each frame repeated over the 8 input frames it pools"),
+        sed_source=_REPEATED_30, original_schedule="main_crnn_at"),
     "gated_crnn_attention": System(
         "gated_crnn_attention", "gated CRNN, attention pooling", "cvssp_crnn_sed",
-        sed_source="240-frame output of the frame-wise (localization) layer"),
+        sed_source="240-frame output of the frame-wise (localization) layer", original_schedule="main_crnn_at"),
     "fusion": System(
         "fusion", "fusion of the three systems", None,
         members=("crnn_baseline", "gated_crnn_mean", "gated_crnn_attention"),
@@ -82,6 +100,8 @@ TRAINED_SYSTEMS: tuple[str, ...] = tuple(name for name, s in SYSTEMS.items() if 
 
 #: DeviNetConfig fields scaled by a size's ``width`` factor.
 _WIDTH_FIELDS = ("conv_channels", "final_conv_channels")
+#: how an ablation derives its model from its preset's (see :attr:`System.ablation`)
+ABLATIONS = {"ungated_matched": ungated_matched}
 
 
 def get_system(name: str) -> System:
@@ -103,7 +123,8 @@ def model_config(system: str, width: float = 1.0, overrides: Mapping[str, Any] |
     """The DeviNetConfig a trained system uses, with channels and GRU units scaled by ``width``.
 
     ``width`` 1 is the paper's model; a scaled size is rounded to the nearest integer (>= 1).
-    ``overrides`` are further DeviNetConfig fields (a size's ``model_overrides``), applied last.
+    ``overrides`` are further DeviNetConfig fields (a size's ``model_overrides``). An ablation
+    is derived last, from the preset at this width with these overrides.
     """
     spec = get_system(system)
     if not spec.trained:
@@ -118,10 +139,12 @@ def model_config(system: str, width: float = 1.0, overrides: Mapping[str, Any] |
         scale = lambda n: max(1, int(round(n * width)))  # noqa: E731
         changes |= {key: scale(getattr(base, key)) for key in _WIDTH_FIELDS if getattr(base, key)}
         changes["rnn_hidden"] = tuple(scale(h) for h in base.rnn_hidden)
-    if not changes:
-        return base
-    tags = ([f"width{width:g}"] if width != 1 else []) + [f"{k}={v}" for k, v in sorted((overrides or {}).items())]
-    return base.replace(**changes, name=f"{spec.preset}@{','.join(tags)}")
+    config = base
+    if changes:
+        tags = [f"width{width:g}"] if width != 1 else []
+        tags += [f"{k}={v}" for k, v in sorted((overrides or {}).items())]
+        config = base.replace(**changes, name=f"{spec.preset}@{','.join(tags)}")
+    return ABLATIONS[spec.ablation](config) if spec.ablation else config
 
 
 def frames_at_input_rate(frame_probs: np.ndarray, num_input_frames: int) -> np.ndarray:
@@ -150,6 +173,8 @@ def frames_at_input_rate(frame_probs: np.ndarray, num_input_frames: int) -> np.n
 # ---------------------------------------------------------------------- experiment sizes
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SIZES = ("tiny", "quick", "full")
+#: ``training: original`` in a size config: each system the schedule of its original script
+ORIGINAL = "original"
 
 
 @dataclass(frozen=True)
@@ -161,7 +186,9 @@ class SizeConfig:
         description: what the size is for.
         data_size: size of the synthetic stand-in (``experiments.synth.SIZES``).
         width: channel and GRU-unit factor of every system (1 = the paper's models).
-        training: the schedule.
+        training: one schedule for every system; or a name: "original" (each system the schedule
+            of its original script, :attr:`System.original_schedule`) or a key of
+            :data:`experiments.train.ORIGINAL_SCHEDULES` (that one for every system).
         model_overrides: DeviNetConfig fields changed in every system (empty for the paper's models).
         eval_batch_size: clips per forward pass when predicting.
         torch_threads: torch CPU threads for training and prediction; None leaves torch's default
@@ -173,12 +200,15 @@ class SizeConfig:
     description: str
     data_size: str
     width: float
-    training: TrainSchedule
+    training: TrainSchedule | str
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     eval_batch_size: int = 32
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.training, str) and self.training != ORIGINAL and self.training not in ORIGINAL_SCHEDULES:
+            raise ConfigError(f"training must be a schedule (a mapping), {ORIGINAL!r} or one of "
+                              f"{', '.join(ORIGINAL_SCHEDULES)}, got {self.training!r}")
         if self.data_size not in SIZES:
             raise ConfigError(f"data_size must be one of {', '.join(SIZES)}, got {self.data_size!r}")
         if not (isinstance(self.width, (int, float)) and not isinstance(self.width, bool) and 0 < self.width <= 1):
@@ -196,6 +226,18 @@ class SizeConfig:
     def model(self, system: str) -> DeviNetConfig:
         """The model ``system`` trains at this size."""
         return model_config(system, self.width, self.model_overrides)
+
+    def schedule_name(self, system: str) -> str:
+        """Which schedule ``system`` trains with: a key of ORIGINAL_SCHEDULES, or "size <name>" for the size's own."""
+        if self.training == ORIGINAL:
+            return get_system(system).original_schedule
+        return self.training if isinstance(self.training, str) else f"size {self.name}"
+
+    def schedule(self, system: str) -> TrainSchedule:
+        """The schedule ``system`` trains with at this size."""
+        if isinstance(self.training, TrainSchedule):
+            return self.training
+        return ORIGINAL_SCHEDULES[self.schedule_name(system)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -219,11 +261,14 @@ def size_config_from_dict(data: Mapping[str, Any], where: str = "size config") -
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     _check_keys(data, SizeConfig, where)
     training = data["training"]
-    if not isinstance(training, Mapping):
-        raise ConfigError(f"{where}: training must be a mapping")
-    _check_keys(training, TrainSchedule, f"{where}: training")
+    if not isinstance(training, (Mapping, str)):
+        raise ConfigError(f"{where}: training must be a mapping or a schedule's name")
+    if isinstance(training, Mapping):
+        _check_keys(training, TrainSchedule, f"{where}: training")
     try:
-        return SizeConfig(**{**data, "training": TrainSchedule(**training)})
+        if isinstance(training, Mapping):
+            training = TrainSchedule(**training)
+        return SizeConfig(**{**data, "training": training})
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -248,5 +293,5 @@ def load_size_config(name_or_path: str | os.PathLike) -> SizeConfig:
 
 __all__ = [
     "System", "SYSTEMS", "TRAINED_SYSTEMS", "get_system", "resolve_systems", "model_config", "frames_at_input_rate",
-    "SIZES", "SizeConfig", "size_config_from_dict", "load_size_config",
+    "SIZES", "ORIGINAL", "ABLATIONS", "SizeConfig", "size_config_from_dict", "load_size_config",
 ]

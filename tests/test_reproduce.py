@@ -15,66 +15,126 @@ from devinet.cli import main
 from devinet.errors import ConfigError
 from experiments import evaluation as E
 from experiments import report
+from experiments.claims import VERDICTS
 from experiments.systems import (SYSTEMS, frames_at_input_rate, load_size_config, model_config, resolve_systems,
                                  size_config_from_dict)
+from experiments.train import ORIGINAL_SCHEDULES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+SEEDS = [2017, 2018]
+ALL_SYSTEMS = ["crnn_baseline", "crnn_ungated_matched", "gated_crnn_mean", "gated_crnn_attention", "fusion"]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """One tiny run of the whole pipeline (synthetic data, features, three systems, fusion, report)."""
+    """One tiny run of the whole pipeline with two training seeds (synthetic data, features, four trained
+    systems, fusion, report)."""
     out = tmp_path_factory.mktemp("tiny") / "results"
-    assert main(["reproduce", "--size", "tiny", "--out", str(out), "--no-progress"]) == 0
+    assert main(["reproduce", "--size", "tiny", "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
     return out
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_writes_results_table_and_figures(tiny):
     results = json.loads((tiny / "results.json").read_text())
-    assert set(results["systems"]) == {"crnn_baseline", "gated_crnn_mean", "gated_crnn_attention", "fusion"}
+    assert list(results["systems"]) == ALL_SYSTEMS
+    assert results["seeds"] == SEEDS and results["data_seed"] == 2017
     for name, entry in results["systems"].items():
-        assert {"f1", "precision", "recall"} <= set(entry["at"]), name
-        assert {"error_rate", "f1"} <= set(entry["sed"]), name
-        assert 0 <= entry["at"]["f1"] <= 1 and entry["sed"]["error_rate"] >= 0
+        assert {"f1", "precision", "recall"} <= set(entry["mean"]["at"]), name
+        assert {"error_rate", "f1"} <= set(entry["mean"]["sed"]), name
+        assert 0 <= entry["mean"]["at"]["f1"] <= 1 and entry["mean"]["sed"]["error_rate"] >= 0
     attention = results["systems"]["gated_crnn_attention"]
-    assert attention["training"]["epochs"] == 2 and attention["training"]["fused_epochs"] == [1, 2]
-    assert attention["model"]["parameters_keras_count"] > 0
+    assert attention["schedule"]["name"] == "size tiny" and attention["schedule"]["fused_epochs"] == [1, 2]
+    assert [run["training"]["epochs"] for run in attention["runs"]] == [2, 2]
+    assert attention["model"]["parameters_keras_count"] > attention["model"]["parameters"] > 0
     assert results["dataset"]["kind"] == "synthetic" and results["dataset"]["test_clips_scored"] == 34
     assert results["versions"]["torch"] and results["versions"]["devinet"] and "git" in results["versions"]
     assert results["command"].startswith("devinet reproduce --size tiny --out ")
     assert results["timing_seconds"]["training"] > 0
-    assert [c["metric"] for c in results["ordering"]] == ["AT micro F1", "AT micro F1", "SED segment ER (1 s)",
-                                                          "SED segment F1 (1 s)"]
     md = (tiny / "results.md").read_text()
-    for needle in ("AT micro F1", "SED segment ER (1 s)", "arXiv:1709.00551", "Does the paper's ordering hold",
-                   "not real recordings", "`gated_crnn_attention`"):
+    for needle in ("AT micro F1", "SED segment ER (1 s)", "Do the paper's orderings hold", "### Each seed",
+                   "not real recordings", "`gated_crnn_attention`", "Capacity-matched ablation", "10.9",
+                   "unverifiable here", "Seeds: 2017, 2018"):
         assert needle in md
     for name in ("training_curves", "per_class_f1", "clip_example"):
         assert (tiny / "figures" / f"{name}.png").read_bytes().startswith(PNG)
-    for system in ("crnn_baseline", "gated_crnn_mean", "gated_crnn_attention"):
-        assert (tiny / "runs" / system / "metrics.jsonl").is_file() and (tiny / "runs" / system / "run.json").is_file()
+    for seed in SEEDS:
+        for system in ALL_SYSTEMS[:-1]:
+            folder = tiny / "runs" / f"seed{seed}" / system
+            assert (folder / "metrics.jsonl").is_file() and (folder / "run.json").is_file()
+        assert {p.stem for p in (tiny / "evaluation" / f"seed{seed}").glob("*.json")} == set(ALL_SYSTEMS)
     # results hold small files only: no checkpoints, audio or features outside the work folder
     big = [p for p in tiny.rglob("*") if p.is_file() and "work" not in p.relative_to(tiny).parts
            and p.suffix not in (".json", ".jsonl", ".md", ".png")]
     assert not big
 
 
+@pytest.mark.slow
+def test_seeds_give_mean_std_and_per_seed_runs(tiny):
+    """Each metric's mean and sample standard deviation are those of the per-seed values, which differ."""
+    results = json.loads((tiny / "results.json").read_text())
+    for name, entry in results["systems"].items():
+        assert [run["seed"] for run in entry["runs"]] == SEEDS, name
+        for task, key in (("at", "f1"), ("at", "precision"), ("sed", "error_rate"), ("sed", "f1")):
+            values = [run[task][key] for run in entry["runs"]]
+            assert entry["mean"][task][key] == pytest.approx(np.mean(values), abs=1e-12)
+            assert entry["std"][task][key] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+        label = next(iter(entry["mean"]["at"]["class_wise_f1"]))
+        assert entry["mean"]["at"]["class_wise_f1"][label] == pytest.approx(
+            np.mean([run["at"]["class_wise_f1"][label] for run in entry["runs"]]), abs=1e-12)
+    # the two seeds trained different weights: their monitored losses differ
+    runs = results["systems"]["gated_crnn_mean"]["runs"]
+    assert runs[0]["training"]["final_loss"] != runs[1]["training"]["final_loss"]
+
+
+@pytest.mark.slow
+def test_claims_carry_paired_differences_and_verdicts(tiny):
+    results = json.loads((tiny / "results.json").read_text())
+    claims = results["claims"]
+    assert [(c["system"], c["against"], c["metric"]) for c in claims] == [
+        ("gated_crnn_mean", "crnn_baseline", "AT micro F1"),
+        ("gated_crnn_mean", "crnn_ungated_matched", "AT micro F1"),
+        ("gated_crnn_attention", "crnn_baseline", "AT micro F1"),
+        ("gated_crnn_attention", "gated_crnn_mean", "SED segment ER (1 s)"),
+        ("gated_crnn_attention", "gated_crnn_mean", "SED segment F1 (1 s)")]
+    for claim in claims:
+        task, key = claim["metric_key"].split(".")
+        assert [row["seed"] for row in claim["per_seed"]] == SEEDS
+        for row, seed in zip(claim["per_seed"], SEEDS):
+            run = {s: next(r for r in results["systems"][s]["runs"] if r["seed"] == seed)
+                   for s in (claim["system"], claim["against"])}
+            assert row["system"] == run[claim["system"]][task][key]
+            assert row["against"] == run[claim["against"]][task][key]
+            assert row["difference"] == pytest.approx(row["system"] - row["against"], abs=1e-15)
+            assert row["holds"] == (row["difference"] > 0 if claim["better"] == "higher" else row["difference"] < 0)
+        assert claim["holds_in"] == sum(row["holds"] for row in claim["per_seed"]) and claim["seeds"] == 2
+        assert claim["verdict"] in VERDICTS
+        assert (claim["verdict"] == "holds") == (claim["holds_in"] == 2)
+    assert "ablation" in {c["origin"] for c in claims}
+
+
+@pytest.mark.slow
 def test_reported_scores_match_the_official_files(tiny):
     """results.json agrees with scoring the written CVSSP probability files through `devinet evaluate`'s path."""
     results = json.loads((tiny / "results.json").read_text())
     meta = tiny / "work" / "data" / "synthetic-tiny-seed2017" / "meta"
-    for system in ("gated_crnn_attention", "fusion"):
-        folder = tiny / "work" / "predictions" / "synthetic-tiny-seed2017" / "tiny-seed2017" / system
-        at = E.evaluate_at_file(folder / "at_prob_mat.csv.gz", meta / "groundtruth_weak_label_testing_set.csv")
-        sed = E.evaluate_sed_file(folder / "sed_prob_mat_list.csv.gz",
-                                  meta / "groundtruth_strong_label_testing_set.csv")
-        ours = results["systems"][system]
-        assert ours["at"]["f1"] == pytest.approx(at["f1"], abs=1e-9)
-        assert ours["sed"]["error_rate"] == pytest.approx(sed["error_rate"], abs=1e-9)
-        assert ours["sed"]["f1"] == pytest.approx(sed["f1"], abs=1e-9)
+    for seed_index, seed in enumerate(SEEDS):
+        for system in ("gated_crnn_attention", "fusion"):
+            folder = tiny / "work" / "predictions" / "synthetic-tiny-seed2017" / f"tiny-seed{seed}" / system
+            at = E.evaluate_at_file(folder / "at_prob_mat.csv.gz", meta / "groundtruth_weak_label_testing_set.csv")
+            sed = E.evaluate_sed_file(folder / "sed_prob_mat_list.csv.gz",
+                                      meta / "groundtruth_strong_label_testing_set.csv")
+            ours = results["systems"][system]["runs"][seed_index]
+            assert ours["seed"] == seed
+            assert ours["at"]["f1"] == pytest.approx(at["f1"], abs=1e-9)
+            assert ours["sed"]["error_rate"] == pytest.approx(sed["error_rate"], abs=1e-9)
+            assert ours["sed"]["f1"] == pytest.approx(sed["f1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_fusion_averages_its_members(tiny):
     base = tiny / "work" / "predictions" / "synthetic-tiny-seed2017" / "tiny-seed2017"
     keys, fused = E.read_at_probabilities(base / "fusion" / "at_prob_mat.csv.gz")
@@ -82,18 +142,34 @@ def test_fusion_averages_its_members(tiny):
     np.testing.assert_allclose(fused, np.mean(members, axis=0), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_training_again(tiny):
     before = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
     first = json.loads((tiny / "results.json").read_text())
-    assert main(["reproduce", "--size", "tiny", "--out", str(tiny), "--no-progress"]) == 0
+    assert main(["reproduce", "--size", "tiny", "--seeds", "2", "--out", str(tiny), "--no-progress"]) == 0
     after = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
-    assert before == after  # no checkpoint rewritten: every run was complete
+    assert before == after  # no checkpoint rewritten: every run of both seeds was complete
     second = json.loads((tiny / "results.json").read_text())
     for name in first["systems"]:
-        assert second["systems"][name]["at"] == first["systems"][name]["at"]
-        assert second["systems"][name]["sed"] == first["systems"][name]["sed"]
+        assert second["systems"][name]["runs"] == first["systems"][name]["runs"]
+    assert second["claims"] == first["claims"]
 
 
+@pytest.mark.slow
+def test_a_third_seed_resumes_the_first_two(tiny, tmp_path):
+    """--seeds 3 over a finished --seeds 2 trains the third seed only."""
+    out = tmp_path / "three"
+    before = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
+    assert main(["reproduce", "--size", "tiny", "--seeds", "3", "--systems", "gated_crnn_mean", "--out", str(out),
+                 "--work-dir", str(tiny / "work"), "--no-progress"]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
+    assert {p: t for p, t in after.items() if p in before} == before
+    assert {p.relative_to(tiny / "work").parts[2] for p in set(after) - set(before)} == {"tiny-seed2019"}
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [2017, 2018, 2019] and results["claims"] == []
+
+
+@pytest.mark.slow
 def test_real_data_mode_tolerates_missing_clips(tiny, tmp_path):
     """--data-root: the same pipeline on a folder in the official layout, some testing clips missing."""
     source = tiny / "work" / "data" / "synthetic-tiny-seed2017"
@@ -115,7 +191,9 @@ def test_real_data_mode_tolerates_missing_clips(tiny, tmp_path):
     assert results["dataset"]["kind"] == "dcase2017_task4"
     assert results["dataset"]["test_clips_scored"] == 31
     assert results["dataset"]["test_clips_without_audio"]["missing"] == 3
-    assert results["ordering"] == []  # one system: nothing to compare
+    assert results["claims"] == []  # one system: nothing to compare
+    assert results["seeds"] == [2017] and results["systems"]["gated_crnn_attention"]["std"]["at"]["f1"] is None
+    assert "One training run per system (seed 2017)" not in (out / "results.md").read_text()  # no claims table
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -129,6 +207,7 @@ def test_cli_errors_are_one_line(tmp_path):
                  str(tmp_path / "out")]) == 1
     assert main(["reproduce", "--size", "tiny", "--systems", "gated_crnn", "--out", str(tmp_path / "out")]) == 1
     assert main(["reproduce", "--quick", "--size", "full", "--out", str(tmp_path / "out")]) == 1
+    assert main(["reproduce", "--size", "tiny", "--seeds", "0", "--out", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -136,10 +215,16 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_size_configs_are_validated():
     quick = load_size_config("quick")
     assert quick.data_size == "quick" and quick.training.fused_checkpoints <= quick.training.epochs
+    assert {quick.schedule_name(s) for s in SYSTEMS if SYSTEMS[s].trained} == {"size quick"}
     full = load_size_config("full")
-    # the original recipe
-    assert (full.width, full.training.batch_size, full.training.iterations_per_epoch, full.training.learning_rate,
-            full.training.epochs, full.training.fused_checkpoints) == (1.0, 44, 100, 0.001, 30, 10)
+    # the original recipe: each system the schedule of its original script
+    assert full.width == 1.0 and full.training == "original"
+    assert full.schedule("crnn_baseline") == ORIGINAL_SCHEDULES["icassp2018_baseline"]
+    for system in ("gated_crnn_mean", "gated_crnn_attention", "crnn_ungated_matched"):
+        assert full.schedule_name(system) == "main_crnn_at"
+        schedule = full.schedule(system)
+        assert (schedule.batch_size, schedule.iterations_per_epoch, schedule.learning_rate, schedule.epochs,
+                schedule.fused_epochs) == (44, 100, 0.001, 30, tuple(range(21, 31)))
     data = quick.to_dict()
     with pytest.raises(ConfigError, match="unknown key"):
         size_config_from_dict({**data, "epochs": 3})
@@ -153,6 +238,10 @@ def test_size_configs_are_validated():
         size_config_from_dict({**data, "torch_threads": 0})
     with pytest.raises(ConfigError, match="unknown DeviNet configuration keys"):
         size_config_from_dict({**data, "model_overrides": {"bn_momentm": 0.1}})
+    with pytest.raises(ConfigError, match="training must be a schedule"):
+        size_config_from_dict({**data, "training": "main_crnn_sed"})
+    named = size_config_from_dict({**data, "training": "icassp2018_baseline"})
+    assert named.schedule("gated_crnn_attention").fused_epochs == (20, 30, 40, 50, 60, 70, 80)
     assert quick.torch_threads == 1 and full.torch_threads is None
 
 
@@ -173,6 +262,18 @@ def test_systems_are_the_papers_presets():
         model_config("fusion")
     assert resolve_systems(["fusion"]) == ("crnn_baseline", "gated_crnn_mean", "gated_crnn_attention", "fusion")
     assert resolve_systems(["gated_crnn_attention"]) == ("gated_crnn_attention",)
+    assert resolve_systems(None) == tuple(ALL_SYSTEMS)
+
+
+@pytest.mark.parametrize("width", [1.0, 0.25, 0.125])
+def test_the_ablation_is_the_gated_crnn_without_gating(width):
+    """crnn_ungated_matched: gated_crnn_mean's config with ReLU blocks, matched at each width (not scaled)."""
+    gated = model_config("gated_crnn_mean", width, {"bn_momentum": 0.1})
+    twin = model_config("crnn_ungated_matched", width, {"bn_momentum": 0.1})
+    assert (twin.gated_conv, twin.conv_activation) == (False, "relu") and twin.conv_channels > gated.conv_channels
+    assert twin.replace(gated_conv=True, conv_activation=gated.conv_activation,
+                        conv_channels=gated.conv_channels) == gated
+    assert twin.name == f"{gated.name}+ungated_matched"
 
 
 def test_frames_at_input_rate_repeats_each_pooled_frame():
@@ -186,27 +287,30 @@ def test_frames_at_input_rate_repeats_each_pooled_frame():
 
 
 # ---------------------------------------------------------------------- report
-def _entry(at_f1: float, er: float, sed_f1: float) -> dict:
-    return {"at": {"f1": at_f1}, "sed": {"error_rate": er, "f1": sed_f1}}
-
-
-def test_ordering_checks_follow_the_papers_claims():
-    systems = {"crnn_baseline": _entry(0.5, 0.9, 0.3), "gated_crnn_mean": _entry(0.6, 0.8, 0.4),
-               "gated_crnn_attention": _entry(0.55, 0.85, 0.45)}
-    checks = report.ordering_checks(systems)
-    assert [c["holds"] for c in checks] == [True, True, False, True]
-    assert checks[2]["values"] == [0.85, 0.8] and checks[2]["better"] == "lower"
-
-
 def test_paper_figures_keep_their_metric_columns():
     md = report.results_markdown({
         "size": load_size_config("tiny").to_dict(), "systems": {}, "command": "devinet reproduce", "created": "now",
-        "versions": {"devinet": "0"}, "seed": 1, "paper": report.PAPER_FIGURES, "metrics": report.METRIC_DEFINITIONS,
+        "versions": {"devinet": "0"}, "seeds": [1], "seed_rule": "rule", "paper": report.PAPER_FIGURES,
+        "metrics": report.METRIC_DEFINITIONS, "claims": [],
         "dataset": {"kind": "synthetic", "generator_version": "1", "size": "tiny", "seed": 1,
                     "train_clips_used": 1, "test_clips_scored": 1}})
-    rows = [line for line in md.splitlines() if "technical report" in line or "challenge results" in line]
-    assert len(rows) == 3
-    # AT micro F1 %, SED segment ER, SED segment F1 (not reported: never filled from another metric)
-    assert rows[0].endswith("| 61.0 | 0.73 | – |") and rows[1].endswith("| 13.1 | 1.02 | – |")
-    assert rows[2].endswith("| 55.6 | 0.73 | – |")
-    assert all(f["source"] for f in report.PAPER_FIGURES)
+    rows = [line for line in md.splitlines() if line.startswith(("| development |", "| evaluation |"))]
+    assert len(rows) == len(report.PAPER_FIGURES) == 4
+    # AT micro F1 / P / R (%), SED segment ER, SED segment F1 (%): "?" where the source was not read
+    assert "| DCASE2017 baseline | 10.9 | 7.8 | 17.5 | ? | ? |" in rows[0] and rows[0].endswith("| yes |")
+    assert "| DCASE2017 baseline | 18.2 | 15.0 | 23.1 | ? | ? |" in rows[1]
+    assert "| ? | 55.6 | ? | ? | 0.73 | ? |" in rows[2] and "ICASSP 2018" in rows[2]
+    assert "| 61.0 | – | – | 0.73 | – |" in rows[3] and rows[3].endswith("| **no: unverifiable here** |")
+    assert "13.1" not in "".join(rows)
+    for figure in report.PAPER_FIGURES:
+        assert figure["source"] and figure["split"] in ("development", "evaluation")
+        assert set(figure["not_read"]) <= {"submission", "at_f1", "at_precision", "at_recall", "sed_error_rate",
+                                           "sed_f1"}
+        assert all(figure[key] is None for key in figure["not_read"])  # a figure not read is never filled in
+    assert "own construction" in md
+
+
+def test_no_real_data_reference_line_on_synthetic_plots():
+    assert report.per_class_reference("synthetic") == {}
+    value, label = report.per_class_reference("dcase2017_task4")["at"]
+    assert value == 0.109 and "real development set" in label

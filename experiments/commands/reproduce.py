@@ -2,10 +2,12 @@
 
 ``devinet reproduce --quick --out DIR`` generates the built-in synthetic stand-in for DCASE
 2017 Task 4, packs its log-mel features, trains the paper's systems (CRNN baseline, gated
-CRNN with mean pooling, gated CRNN with attention) with the original recipe, fuses them,
-scores them with the official metrics on the testing split and writes ``results.json``,
-``results.md`` (ours beside the paper's reported figures) and figures under ``DIR``.
-``--data-root`` runs the same experiment on the real DCASE 2017 Task 4 audio.
+CRNN with mean pooling, gated CRNN with attention) and a capacity-matched ablation (the gated
+CRNN without gating) with the original recipe, fuses the paper's three, scores them with the
+official metrics on the testing split and writes ``results.json``, ``results.md`` (ours beside
+the paper's reported figures) and figures under ``DIR``. ``--seeds N`` trains each system N
+times and checks the paper's orderings seed by seed. ``--data-root`` runs the same experiment
+on the real DCASE 2017 Task 4 audio.
 
 Every stage resumes: run the same command again after an interruption and it continues
 where it stopped (data and features are checked and reused, training continues after its
@@ -48,10 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", metavar="DIR", default=None,
                         help="folder for audio, features, checkpoints and probabilities (default OUT/work)")
     parser.add_argument("--systems", nargs="+", metavar="NAME", default=None,
-                        help="systems to run (crnn_baseline, gated_crnn_mean, gated_crnn_attention, fusion; "
-                             "default all; a fusion brings its members)")
+                        help="systems to run (crnn_baseline, crnn_ungated_matched, gated_crnn_mean, "
+                             "gated_crnn_attention, fusion; default all; a fusion brings its members)")
     parser.add_argument("--seed", type=int, default=2017,
-                        help="seed of the synthetic data and of training (default 2017)")
+                        help="seed of the synthetic data and first training seed (default 2017)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="train every system N times, with the training seeds SEED, SEED+1, ..., SEED+N-1, on "
+                             "the same data; results give mean and standard deviation over the seeds and each "
+                             "ordering's verdict seed by seed (default 1)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="processes for data generation and features (default: all cores)")
     parser.add_argument("--device", default="cpu", help="torch device for training and prediction (default cpu)")
@@ -76,8 +82,13 @@ def run(args: argparse.Namespace) -> int:
         return code
     options = Options.from_args(args, command=command_line(args))
     results = reproduce(options)
-    print(f"results: {os.path.join(options.out, 'results.md')}")
+    seeds = results["seeds"]
+    print(f"results: {os.path.join(options.out, 'results.md')} (seeds {', '.join(map(str, seeds))}"
+          f"{'; mean over seeds' if len(seeds) > 1 else ''})")
     for name, system in results["systems"].items():
-        print(f"  {name:<22} AT micro F1 {system['at']['f1']:.3f}   "
-              f"SED segment ER {system['sed']['error_rate']:.3f}  F1 {system['sed']['f1']:.3f}")
+        at, sed = system["mean"]["at"], system["mean"]["sed"]
+        print(f"  {name:<22} AT micro F1 {at['f1']:.3f}   SED segment ER {sed['error_rate']:.3f}  F1 {sed['f1']:.3f}")
+    for claim in results["claims"]:
+        print(f"  {claim['verdict']:<14} ({claim['holds_in']}/{claim['seeds']} seeds) {claim['system']} vs "
+              f"{claim['against']}, {claim['metric']}")
     return 0
