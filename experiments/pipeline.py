@@ -68,7 +68,7 @@ IN_MEMORY_LIMIT_BYTES = 2 * 1024 ** 3
 # ---------------------------------------------------------------------- options
 @dataclass
 class Options:
-    """Everything ``devinet reproduce`` was asked to do (see ``experiments/reproduce.py`` for the flags)."""
+    """Everything ``devinet reproduce`` was asked to do (see ``experiments/commands/reproduce.py`` for the flags)."""
 
     size: SizeConfig
     out: Path

@@ -150,8 +150,9 @@ def _models_lines(systems: Mapping[str, Any]) -> list[str]:
     if not trained:
         return []
     lines = ["", "## Systems, models and schedules", "",
-             _row(["System", "Model", "Conv block outputs", "Parameters", "Keras count", "Schedule", "Epochs × iterations",
-                   "Fused epochs (Keras files)"]), _row(["---", "---", "---", "---:", "---:", "---", "---", "---"])]
+             _row(["System", "Model", "Conv block outputs", "Parameters", "Keras count", "Schedule",
+                   "Epochs × iterations", "Fused epochs (Keras files)"]),
+             _row(["---", "---", "---", "---:", "---:", "---", "---", "---"])]
     for name, e in trained.items():
         m, s = e["model"], e["schedule"]
         blocks = f"{m['conv_channels']}, {m['conv_block']}"

@@ -631,7 +631,8 @@ def fused_predictions(run_dir: str | os.PathLike, eval_set: EvalSet, scaler: Sca
 
 
 __all__ = [
-    "TrainSchedule", "ORIGINAL_SCHEDULES", "EvalSet", "TrainResult", "RunFolder", "train", "predict", "fused_predictions", "run_schedule",
+    "TrainSchedule", "ORIGINAL_SCHEDULES", "EvalSet", "TrainResult", "RunFolder", "train", "predict",
+    "fused_predictions", "run_schedule",
     "keras_bce", "at_micro_f1", "gather", "data_fingerprint", "deterministic_algorithms", "make_optimizer",
     "TrainingStep",
 ]
