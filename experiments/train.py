@@ -42,7 +42,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from devinet import checkpoint as ckpt
 from devinet._io import atomic_path, atomic_write_json, atomic_write_text
@@ -50,12 +49,11 @@ from devinet.batching import BalancedBatchSampler
 from devinet.config import DeviNetConfig
 from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import Scaler
+from devinet.losses import keras2_binary_crossentropy as keras_bce
 from devinet.model import DeviNet
 
 TRAINING_STATE_FORMAT = "devinet-training-state"
 TRAINING_STATE_VERSION = 1
-#: Keras' epsilon: binary_crossentropy clips probabilities to [EPS, 1 - EPS]
-BCE_EPSILON = 1e-7
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -167,11 +165,6 @@ def gather(features: Any, indices: np.ndarray) -> np.ndarray:
     unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
     block = np.asarray(features[unique] if isinstance(features, np.ndarray) else features[unique.tolist()])
     return block[inverse].astype(np.float32, copy=False)
-
-
-def keras_bce(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Keras' binary cross-entropy of probabilities: clip to [1e-7, 1 - 1e-7], then mean BCE. (N, C) -> ()."""
-    return F.binary_cross_entropy(probs.clamp(BCE_EPSILON, 1.0 - BCE_EPSILON), targets)
 
 
 def at_micro_f1(probs: np.ndarray, labels: np.ndarray) -> float:
