@@ -17,8 +17,8 @@ floor measured the same way: two runs whose inputs differ by one part in 10^7, o
 of the Keras reference (whichever is larger: TensorFlow's float32 gradients of the first
 convolutions are measurably noisier than torch's, see docs/training-parity.md).
 
-:class:`TrainRecording` reads the genuine Keras 2.0.8 + Theano ``train_on_batch`` recordings
-(keras208 ``NAME_train.npz``) for the same comparison against the original itself.
+Beside a keras208 checkpoint, its genuine Keras 2.0.8 + Theano ``train_on_batch`` recording
+(``NAME_train.npz``) is replayed too: :mod:`parity.train_recording`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import copy
 import dataclasses
 import json
 import math
-import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -37,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from devinet.errors import FileFormatError, InputError
+from devinet.errors import InputError
 from devinet.losses import keras2_binary_crossentropy
 from devinet.model import DeviNet
 from devinet.optim import Keras2Adam
@@ -244,6 +242,7 @@ class TrainParityReport:
     float32: list[StepComparison] = field(default_factory=list)
     noise_devinet: list[StepComparison] = field(default_factory=list)
     noise_keras: list[StepComparison] = field(default_factory=list)
+    recording: list = field(default_factory=list)  # parity.train_recording.RecordingComparison per dtype
     notes: list[str] = field(default_factory=list)
 
     def noise_floor(self, step: int, what: str) -> float:
@@ -265,7 +264,8 @@ class TrainParityReport:
 
     @property
     def passed(self) -> bool:
-        return all(v is not False for v in (self.float64_passed(), self.float32_passed()))
+        return (all(v is not False for v in (self.float64_passed(), self.float32_passed()))
+                and all(c.passed for c in self.recording))
 
     def to_dict(self) -> dict[str, Any]:
         float32 = None
@@ -291,6 +291,7 @@ class TrainParityReport:
             "tolerance": TOLERANCE_FLOAT64, "passed": self.float64_passed(),
             "float64_steps": [s.to_dict() for s in self.float64],
             "float32": float32,
+            "recording": [c.to_dict() for c in self.recording] or None,
         }
         return {"source": self.source, "preset": self.preset, "reference": "keras_reference (Keras 3) trained "
                 "with Keras 2.0.8's Adam, BatchNorm update and loss", "passed": self.passed, "notes": self.notes,
@@ -306,19 +307,24 @@ def perturbed(batches: Batches, factor: float = NOISE_PERTURBATION) -> list[tupl
 def train_parity(source: str | Path, steps: int, *, checkpoint: str | Path | None = None, preset: str | None = None,
                  theano_flip: str = "auto", seed: int = 0, batch: int = 2,
                  dtypes: Sequence[torch.dtype] = (torch.float64, torch.float32),
-                 optimizer: OptimizerFactory = Keras2Adam, progress: Callable | None = None) -> TrainParityReport:
+                 optimizer: OptimizerFactory = Keras2Adam, replay_genuine: bool = True,
+                 progress: Callable | None = None) -> TrainParityReport:
     """``steps`` training steps of devinet and of the Keras reference from ``source``'s weights, compared.
 
     The devinet side is ``source`` converted (or ``checkpoint``) trained with ``optimizer``
     (Keras 2.0.8's Adam unless a test plants another); the Keras side is ``keras_reference``
     holding the weights read straight from ``source``. Each batch has ``batch`` seeded random
-    clips of 240 frames. ``progress`` wraps the list of runs (e.g. ``tqdm``).
+    clips of 240 frames. Where ``source`` is a keras208 checkpoint with its genuine training
+    recording beside it (``NAME_train.npz``), devinet also replays that (``report.recording``)
+    unless ``replay_genuine`` is False.
+    ``progress`` wraps the list of runs (e.g. ``tqdm``).
     """
     import devinet
     from devinet.config import CVSSP_NUM_FRAMES
 
     from .convert import keras_to_torch, keras_weights_of_file, read_keras_file, resolve_flip
     from .mapping import detect
+    from .train_recording import TrainRecording, replay_recording, train_recording_for
 
     file = read_keras_file(source)
     if checkpoint is not None:
@@ -329,7 +335,8 @@ def train_parity(source: str | Path, steps: int, *, checkpoint: str | Path | Non
         conversion = keras_to_torch(file, preset=preset, theano_flip=theano_flip)
         model, detection = conversion.model, conversion.detection
         side = f"{Path(source).name} converted as {detection.preset}"
-    weights = keras_weights_of_file(file, resolve_flip(file, theano_flip))
+    flip = resolve_flip(file, theano_flip)
+    weights = keras_weights_of_file(file, flip)
     c = model.config
     batches = training_batches(steps, batch, CVSSP_NUM_FRAMES, c.n_mels, c.num_classes, seed)
     initial = devinet_weights(model)
@@ -354,6 +361,11 @@ def train_parity(source: str | Path, steps: int, *, checkpoint: str | Path | Non
         report.float32 = compare_runs(done["float32 keras"], done["float32 devinet"], initial)
         report.noise_devinet = compare_runs(done["float32 devinet"], done["float32 devinet noise"], initial)
         report.noise_keras = compare_runs(done["float32 keras"], done["float32 keras noise"], initial)
+    recording = train_recording_for(source) if file.is_legacy and replay_genuine else None
+    if recording is not None:
+        genuine = TrainRecording.from_npz(recording)
+        report.recording = [replay_recording(file, model, genuine, d, flip=flip, optimizer=optimizer)
+                            for d in loop(sorted(dtypes, key=str, reverse=True), desc="genuine recording")]
     return report
 
 
@@ -400,6 +412,10 @@ def format_train_report(report: TrainParityReport) -> str:
                   *_table(report.float32, (report.noise_devinet, report.noise_keras)),
                   f"{verdict}: largest weight error {_num(_worst(report.float32, 'weight'))} (noise floor "
                   f"{_num(floor_w)}), loss error {_num(_worst(report.float32, 'loss'))} (noise floor {_num(floor_l)})"]
+    if report.recording:
+        from .train_recording import format_recording
+
+        lines += ["", *(format_recording(c) for c in report.recording)]
     lines += [f"note: {n}" for n in report.notes]
     lines.append("PASS" if report.passed else "FAIL")
     return "\n".join(lines)
@@ -433,100 +449,3 @@ def run_cli(args) -> int:
                    else text + "\n")
         atomic_write_text(args.report, payload)
     return 0 if report.passed else 1
-
-
-# ----------------------------------------------------------------------------- genuine Keras 2.0.8 recordings
-_RECORDED_WEIGHT = re.compile(r"^w_k(\d+)_(\d{3})$")
-
-
-@dataclass
-class TrainRecording:
-    """A genuine Keras 2.0.8 ``train_on_batch`` recording (keras208 ``NAME_train.npz`` + ``_meta.json``).
-
-    Attributes:
-        x, y: (K, N, T, F) inputs and (K, N, C) targets of the K steps, float32.
-        loss: (K,) the loss each step returned (computed before its update).
-        weights: step (1-based) -> Keras weight name (``conv2d_1/kernel``) -> value after that step.
-        initial_sums: Keras weight name -> sum of its initial value (to confirm the checkpoint).
-        optimizer_config: the compiled optimizer's arguments (lr, beta_1, beta_2, epsilon, decay),
-            Keras' names: ``Keras2Adam(params, **optimizer_config)`` is that optimizer.
-    """
-
-    path: Path
-    x: np.ndarray
-    y: np.ndarray
-    loss: np.ndarray
-    weights: dict[int, dict[str, np.ndarray]]
-    initial_sums: dict[str, float]
-    optimizer_config: dict[str, float]
-
-    @classmethod
-    def from_npz(cls, path: str | Path) -> "TrainRecording":
-        path = Path(path)
-        meta_path = path.with_name(path.name.removesuffix(".npz") + "_meta.json")
-        for p in (path, meta_path):
-            if not p.is_file():
-                raise FileFormatError(p, "no such file")
-        try:
-            config = json.loads(meta_path.read_text())["optimizer_config"]
-            optimizer_config = {k: float(config[k]) for k in ("lr", "beta_1", "beta_2", "epsilon", "decay")}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FileFormatError(meta_path, f"not a keras208 training-recording meta file ({exc})") from None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                names = [str(n) for n in z["weight_names"]]
-                weights: dict[int, dict[str, np.ndarray]] = {}
-                for key in z.files:
-                    match = _RECORDED_WEIGHT.match(key)
-                    if match:
-                        weights.setdefault(int(match.group(1)) + 1, {})[names[int(match.group(2))]] = z[key]
-                recording = cls(path, z["x"], z["y"], z["loss"], dict(sorted(weights.items())),
-                                dict(zip(names, map(float, z["init_sum"]))), optimizer_config)
-        except (KeyError, ValueError, IndexError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise FileFormatError(path, f"not a keras208 training recording ({exc})") from None
-        if recording.x.ndim != 4 or recording.y.shape[:2] != recording.x.shape[:2] or len(recording.loss) != len(recording.x):
-            raise FileFormatError(path, f"inconsistent shapes: x {recording.x.shape}, y {recording.y.shape}, "
-                                        f"loss {recording.loss.shape}")
-        return recording
-
-    def batches(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        return list(zip(self.x, self.y))
-
-    def optimizer(self, params: Iterable[nn.Parameter]) -> Keras2Adam:
-        """The recorded run's optimizer (its float32-rounded lr and betas included) on ``params``."""
-        return Keras2Adam(params, **self.optimizer_config)
-
-    def states(self, file: KerasFile, template: DeviNet, flip: bool) -> dict[int, State]:
-        """The recorded weights after each recorded step as devinet state entries, converted like ``file``.
-
-        ``file`` is the checkpoint the recording started from (its weights are the initial
-        ones: checked against the recorded sums); every recorded weight must map to one of it.
-        """
-        from .convert import keras_weights_to_state
-
-        where = {origin.split("/", 1)[1]: (layer.name, weight)
-                 for layer in file.layers for weight, origin in layer.origins.items()}
-        problems = sorted(set(self.initial_sums) ^ set(where))
-        if problems:
-            raise FileFormatError(self.path, f"does not record the weights of {file.path.name}: "
-                                             f"{', '.join(problems[:5])}")
-        for name, (layer, weight) in where.items():
-            value = float(np.sum(file.layer(layer).weights[weight], dtype=np.float64))
-            if not math.isclose(value, self.initial_sums[name], rel_tol=1e-6, abs_tol=1e-6):
-                raise FileFormatError(self.path, f"did not start from {file.path.name}: {name} sums to "
-                                                 f"{self.initial_sums[name]}, the file's to {value}")
-        template = copy.deepcopy(template).double()
-        states = {}
-        for step, arrays in self.weights.items():
-            layers = [dataclasses.replace(layer, weights={w: arrays[o.split("/", 1)[1]] for w, o in layer.origins.items()})
-                      for layer in file.layers]
-            state = keras_weights_to_state(dataclasses.replace(file, layers=layers), template, flip=flip)
-            states[step] = {k: v.numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        return states
-
-
-def train_recording_for(path: str | Path) -> Path | None:
-    """The keras208 training recording beside a checkpoint: NAME.h5 and NAME_weights.h5 -> NAME_train.npz."""
-    path = Path(path)
-    candidate = path.with_name(f"{path.name.split('.')[0].removesuffix('_weights')}_train.npz")
-    return candidate if candidate.is_file() else None
