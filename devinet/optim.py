@@ -68,6 +68,17 @@ class Keras2Adam(torch.optim.Optimizer):
                         decay=float(decay))
         super().__init__(params, defaults)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state saved by :meth:`state_dict` of a Keras2Adam; another optimizer's state is refused."""
+        groups = state_dict.get("param_groups", [])
+        states = state_dict.get("state", {}).values()
+        wanted = set(self.defaults)
+        if any(not wanted <= set(g) for g in groups) or any(set(s) != {"step", "m", "v"} for s in states):
+            found = sorted({k for g in groups for k in g} | {k for s in states for k in s} - {"params"})
+            raise ConfigError(f"not a Keras2Adam state (keys {', '.join(found)}): another optimizer's state "
+                              "cannot be resumed as Keras 2.0.8's Adam")
+        super().load_state_dict(state_dict)
+
     @staticmethod
     def step_size(group: dict, iterations: int) -> float:
         """``lr_t`` of the update made after ``iterations`` earlier ones (decay and bias correction included)."""

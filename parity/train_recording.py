@@ -41,9 +41,9 @@ from .training import OptimizerFactory, State, WeightError, devinet_weights, tra
 LOSS_TOLERANCE = 2e-5
 #: the median over tensors of ``rel_step`` after step 1 (the issue's bound)
 STEP_TOLERANCE = 1e-3
-#: the largest ``rel_step`` of the BatchNorm moving statistics after step 1. Measured: 8.0e-6
-#: (crnn_sed), 8.3e-6 and 7.7e-6 (crnn_at, float32 and float64); torch's moving-variance update
-#: shows 6.7e-4 (crnn_sed), which the median above does not see (7 of 53 tensors).
+#: the largest ``rel_step`` of the BatchNorm moving statistics after step 1. Measured, float32 and
+#: float64: 8.0e-6 and 8.4e-6 (crnn_sed), 8.3e-6 and 7.7e-6 (crnn_at); torch's moving-variance
+#: update shows 6.7e-4 (crnn_sed), which the median above does not see (7 of 53 tensors).
 BN_STEP_TOLERANCE = 1e-4
 
 _RECORDED_WEIGHT = re.compile(r"^w_k(\d+)_(\d{3})$")

@@ -111,6 +111,15 @@ def test_keras2_adam_state_dict_round_trip(rng):
         assert np.array_equal(a, b.detach().numpy())
 
 
+def test_keras2_adam_refuses_the_state_of_torch_adam():
+    param = nn.Parameter(torch.ones(2))
+    torch_adam = torch.optim.Adam([param])
+    param.grad = torch.ones(2)
+    torch_adam.step()
+    with pytest.raises(ConfigError, match="not a Keras2Adam state .*exp_avg"):
+        Keras2Adam([param]).load_state_dict(torch_adam.state_dict())
+
+
 def test_keras2_adam_skips_parameters_without_gradient_and_works_with_schedulers():
     a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
     opt = Keras2Adam([a, b], lr=0.1)

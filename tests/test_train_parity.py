@@ -16,11 +16,12 @@ arguments) on the recorded batches must
 - and, since the median does not see the 14 BatchNorm statistics, keep each of those within
   1e-4 of its step (torch's moving-variance update shows 6.7e-4).
 
-Measured (torch 2.13 CPU; also printed by ``devinet parity NAME.h5 --train-steps K``), loss
+Measured (torch 2.13 CPU; also printed by ``devinet parity NAME.h5 --train-steps K``; see
+docs/training-parity.md), loss
 relative errors of steps 1/2/3, step-1 median and largest ratio, BatchNorm largest, step-3 median:
 
 - crnn_sed float32: 0 / 6.0e-7 / 2.5e-5; 2.5e-4, 0.20; 8.0e-6; 0.036
-- crnn_sed float64: 7.0e-9 / 6.3e-7 / 2.5e-5; 2.5e-4, 0.19; 8.0e-6; 0.042
+- crnn_sed float64: 7.0e-9 / 6.2e-7 / 2.5e-5; 2.5e-4, 0.19; 8.4e-6; 0.042
 - crnn_at  float32: 8.2e-8 / 1.2e-7 / 1.2e-6; 6.0e-5, 0.53; 8.3e-6; 0.011
 - crnn_at  float64: 9.5e-8 / 1.1e-8 / 1.5e-6; 5.9e-5, 0.013; 7.7e-6; 0.0053
 
