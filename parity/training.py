@@ -304,6 +304,21 @@ def perturbed(batches: Batches, factor: float = NOISE_PERTURBATION) -> list[tupl
     return [(x * (1.0 + factor), y) for x, y in batches]
 
 
+def _training_runs(preset: str, model: DeviNet, weights, batches: Batches, dtypes: Sequence[torch.dtype],
+                   optimizer: OptimizerFactory) -> list[tuple[str, Callable[[], list[TrainStep]]]]:
+    """(label, run) of every training run a comparison in ``dtypes`` needs, the float32 noise runs included."""
+    runs = []
+    if torch.float64 in dtypes:
+        runs += [("float64 keras", lambda: train_keras(preset, model, weights, batches, "float64")),
+                 ("float64 devinet", lambda: train_devinet(model, batches, torch.float64, optimizer))]
+    if torch.float32 in dtypes:
+        runs += [("float32 keras", lambda: train_keras(preset, model, weights, batches, "float32")),
+                 ("float32 devinet", lambda: train_devinet(model, batches, torch.float32, optimizer)),
+                 ("float32 devinet noise", lambda: train_devinet(model, perturbed(batches), torch.float32, optimizer)),
+                 ("float32 keras noise", lambda: train_keras(preset, model, weights, perturbed(batches), "float32"))]
+    return runs
+
+
 def train_parity(source: str | Path, steps: int, *, checkpoint: str | Path | None = None, preset: str | None = None,
                  theano_flip: str = "auto", seed: int = 0, batch: int = 2,
                  dtypes: Sequence[torch.dtype] = (torch.float64, torch.float32),
@@ -343,17 +358,8 @@ def train_parity(source: str | Path, steps: int, *, checkpoint: str | Path | Non
     report = TrainParityReport(source=str(source), preset=detection.preset, steps=steps, batch=batch, seed=seed,
                                notes=[f"devinet side: {side}, optimizer {getattr(optimizer, '__name__', optimizer)}",
                                       *detection.notes])
-    runs = []
-    if torch.float64 in dtypes:
-        runs += [("float64 keras", lambda: train_keras(detection.preset, model, weights, batches, "float64")),
-                 ("float64 devinet", lambda: train_devinet(model, batches, torch.float64, optimizer))]
-    if torch.float32 in dtypes:
-        runs += [("float32 keras", lambda: train_keras(detection.preset, model, weights, batches, "float32")),
-                 ("float32 devinet", lambda: train_devinet(model, batches, torch.float32, optimizer)),
-                 ("float32 devinet noise", lambda: train_devinet(model, perturbed(batches), torch.float32, optimizer)),
-                 ("float32 keras noise",
-                  lambda: train_keras(detection.preset, model, weights, perturbed(batches), "float32"))]
     loop = progress or (lambda items, **_: items)
+    runs = _training_runs(detection.preset, model, weights, batches, dtypes, optimizer)
     done = {label: run() for label, run in loop(runs, desc="training parity")}
     if "float64 keras" in done:
         report.float64 = compare_runs(done["float64 keras"], done["float64 devinet"], initial)
