@@ -140,6 +140,14 @@ def test_keras2_adam_rejects_bad_arguments(kwargs, problem):
         Keras2Adam([nn.Parameter(torch.ones(1))], **kwargs)
 
 
+def test_public_names_load_lazily():
+    import devinet
+
+    assert devinet.Keras2Adam is Keras2Adam and devinet.Keras2BatchNorm2d is Keras2BatchNorm2d
+    assert devinet.keras2_binary_crossentropy is keras2_binary_crossentropy
+    assert {"Keras2Adam", "Keras2BatchNorm2d", "keras2_binary_crossentropy"} <= set(devinet.__all__)
+
+
 def test_keras2_adam_defaults_are_keras208():
     group = Keras2Adam([nn.Parameter(torch.ones(1))]).param_groups[0]
     assert {k: group[k] for k in ("lr", "beta_1", "beta_2", "epsilon", "decay")} == \
