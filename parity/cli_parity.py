@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from .compare import format_report, parity_reports
 
     if args.train_steps is not None:
-        from .training import run_cli
+        from parity.training import run_cli  # absolute: this module may live in parity.commands
 
         return run_cli(args)
     dtypes = {"both": (torch.float32, torch.float64), "float32": (torch.float32,),
