@@ -34,6 +34,9 @@ EIGHT_BLOCKS = (2, 2, 2, 2)
 
 Pool = tuple[int, int]
 
+#: how BatchNorm updates its moving variance in training mode: as Keras 2.0.8 on Theano, or as torch
+BN_MOVING_VARIANCE = ("keras2_theano", "torch")
+
 
 @dataclass(frozen=True)
 class DeviNetConfig:
@@ -60,6 +63,10 @@ class DeviNetConfig:
         head: 'mean' (crnn_at) or 'attention' (crnn_sed).
         attention_eps: lower clip of the attention weights in the attention head.
         bn_eps, bn_momentum: BatchNorm settings in PyTorch terms (Keras 2 defaults).
+        bn_moving_variance: how BatchNorm updates its moving variance in training mode:
+            'keras2_theano' (default: the original's Keras 2.0.8 on Theano, biased batch
+            variance plus eps; :class:`devinet.layers.Keras2BatchNorm2d`) or 'torch'
+            (``nn.BatchNorm2d``: unbiased, no eps). Eval mode and weights are the same either way.
     """
 
     n_mels: int = CVSSP_NUM_MELS
@@ -83,6 +90,7 @@ class DeviNetConfig:
     attention_eps: float = 1e-7
     bn_eps: float = 1e-3
     bn_momentum: float = 0.01
+    bn_moving_variance: str = "keras2_theano"
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +127,8 @@ class DeviNetConfig:
             problems.append("rnn_recurrent_activation must be 'keras2_hard_sigmoid' or 'sigmoid'")
         if self.conv_activation not in ("linear", "relu"):
             problems.append(f"conv_activation must be 'linear' or 'relu', got {self.conv_activation!r}")
+        if self.bn_moving_variance not in BN_MOVING_VARIANCE:
+            problems.append(f"bn_moving_variance must be one of {BN_MOVING_VARIANCE}, got {self.bn_moving_variance!r}")
         if self.rnn_activation not in ("tanh", "linear", "sigmoid", "relu"):
             problems.append(f"unknown rnn_activation {self.rnn_activation!r}")
         if not problems:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .config import BN_MOVING_VARIANCE
 from .errors import ConfigError
 
 # Keras 2 BatchNormalization defaults, expressed in PyTorch terms
@@ -126,6 +127,51 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, t
     return conv.weight * scale.view(-1, 1, 1, 1), bias
 
 
+class Keras2BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training mode updates the moving statistics as Keras 2.0.8 on Theano did.
+
+    Keras 2.0.8's ``BatchNormalization`` on Theano normalizes with the biased batch variance
+    (as ``nn.BatchNorm2d`` does) and then updates, with ``m = momentum`` in PyTorch terms (0.01)::
+
+        running_mean = (1 - m) * running_mean + m * batch_mean
+        running_var  = (1 - m) * running_var  + m * (biased_batch_var + eps)
+
+    (Theano's ``batch_normalization_train`` returns ``1 / sqrt(var + eps)``, from which Keras
+    takes ``var + eps``.) ``nn.BatchNorm2d`` puts the unbiased variance without eps there. Eval
+    mode, parameters, buffers and ``state_dict`` keys are those of ``nn.BatchNorm2d``.
+
+    The fused ``F.batch_norm`` runs as usual but updates a copy of the moving variance; from
+    it and the previous value Keras' value follows: with ``n`` values per channel, torch gives
+    ``r = (1 - m) * old + m * var * n / (n - 1)``, so Keras' is
+    ``r * (n - 1) / n + (1 - m) * old / n + m * eps`` (sums of positive terms: no cancellation).
+    That costs one per-channel copy instead of a second pass over the activations; the
+    buffer itself is only written after the op (autograd saved the op's inputs).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.track_running_stats and self.running_var is not None):
+            return super().forward(x)
+        if self.momentum is None:
+            raise ConfigError("Keras2BatchNorm2d needs a momentum (Keras has no cumulative moving average)")
+        self._check_input_dim(x)
+        self.num_batches_tracked.add_(1)
+        m = self.momentum
+        torch_var = self.running_var.clone()
+        y = F.batch_norm(x, self.running_mean, torch_var, self.weight, self.bias, True, m, self.eps)
+        n = x.numel() // x.shape[1]
+        with torch.no_grad():
+            self.running_var.mul_((1.0 - m) / n).add_(torch_var, alpha=(n - 1) / n).add_(m * self.eps)
+        return y
+
+
+def batch_norm_2d(channels: int, eps: float, momentum: float, moving_variance: str = "keras2_theano") -> nn.BatchNorm2d:
+    """The BatchNorm of the conv blocks: :class:`Keras2BatchNorm2d` ('keras2_theano') or ``nn.BatchNorm2d`` ('torch')."""
+    if moving_variance not in BN_MOVING_VARIANCE:
+        raise ConfigError(f"bn_moving_variance must be one of {BN_MOVING_VARIANCE}, got {moving_variance!r}")
+    cls = Keras2BatchNorm2d if moving_variance == "keras2_theano" else nn.BatchNorm2d
+    return cls(channels, eps=eps, momentum=momentum)
+
+
 class _ConvBatchNorm(nn.Module):
     """Conv2d (no bias, no activation) -> BatchNorm, the front of the conv blocks; (N, C_in, T, F) -> (N, C, T, F).
 
@@ -136,10 +182,10 @@ class _ConvBatchNorm(nn.Module):
     """
 
     def __init__(self, in_channels: int, conv_channels: int, kernel_size: int, bn_eps: float,
-                 bn_momentum: float):
+                 bn_momentum: float, bn_moving_variance: str = "keras2_theano"):
         super().__init__()
         self.conv = Conv2dAct(in_channels, conv_channels, kernel_size, bias=False)
-        self.bn = nn.BatchNorm2d(conv_channels, eps=bn_eps, momentum=bn_momentum)
+        self.bn = batch_norm_2d(conv_channels, bn_eps, bn_momentum, bn_moving_variance)
         #: fold ``bn`` into ``conv`` while ``bn`` is in eval mode (a plain flag: not in the state dict)
         self.fold_bn = False
 
@@ -159,8 +205,9 @@ class GatedConvBlock(_ConvBatchNorm):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM):
-        super().__init__(in_channels, 2 * out_channels, kernel_size, bn_eps, bn_momentum)
+                 bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM,
+                 bn_moving_variance: str = "keras2_theano"):
+        super().__init__(in_channels, 2 * out_channels, kernel_size, bn_eps, bn_momentum, bn_moving_variance)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.glu(self.conv_bn(x), dim=1)
@@ -175,8 +222,8 @@ class ConvBlock(_ConvBatchNorm):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  bn_eps: float = KERAS_BN_EPS, bn_momentum: float = KERAS_BN_MOMENTUM,
-                 activation: str = "relu"):
-        super().__init__(in_channels, out_channels, kernel_size, bn_eps, bn_momentum)
+                 activation: str = "relu", bn_moving_variance: str = "keras2_theano"):
+        super().__init__(in_channels, out_channels, kernel_size, bn_eps, bn_momentum, bn_moving_variance)
         self.activation = activation
         self._act = get_activation(activation)
 

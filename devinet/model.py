@@ -55,10 +55,11 @@ class DeviNet(nn.Module):
         self.preprocessing: Preprocessing | None = None
         c = config
         if c.gated_conv:
-            block = GatedConvBlock
+            def block(*args):
+                return GatedConvBlock(*args, bn_moving_variance=c.bn_moving_variance)
         else:
             def block(*args):
-                return ConvBlock(*args, activation=c.conv_activation)
+                return ConvBlock(*args, activation=c.conv_activation, bn_moving_variance=c.bn_moving_variance)
         blocks, pools = [], []
         in_ch = 1
         for n_blocks, pool in zip(c.conv_groups, c.pools):

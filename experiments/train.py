@@ -1,12 +1,13 @@
 """Train a DeviNet on packed log-mel arrays with the original CVSSP recipe, resumably.
 
-The recipe (yongxuUSTC/dcase2017_task4_cvssp): Adam with learning rate 1e-3, binary
-cross-entropy on the clip-level output, class-ratio balanced batches of 44
+The recipe (yongxuUSTC/dcase2017_task4_cvssp): Keras 2.0.8's Adam (:class:`devinet.optim.Keras2Adam`)
+with learning rate 1e-3, Keras 2.0.8's binary cross-entropy on the clip-level output, class-ratio balanced batches of 44
 (:class:`experiments.batching.BalancedBatchSampler`), 100 iterations make an "epoch", a checkpoint
 after every epoch, and predictions averaged over chosen checkpoints (:class:`TrainSchedule`;
 the original scripts' two schedules are :data:`ORIGINAL_SCHEDULES`). Features are standardised
-per mel bin with the scaler fitted on the training split. The loss clips probabilities to [1e-7, 1 - 1e-7] before the
-logarithm, as Keras' ``binary_crossentropy`` does.
+per mel bin with the scaler fitted on the training split. BatchNorm's moving statistics follow
+Keras 2.0.8 on Theano (the presets' ``bn_moving_variance``); docs/training-parity.md shows the
+whole step equal to genuine Keras 2.0.8 recordings.
 
 A run lives in one folder::
 
@@ -42,7 +43,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from devinet import checkpoint as ckpt
 from devinet._io import atomic_path, atomic_write_json, atomic_write_text, exclusive_lock
@@ -50,14 +50,14 @@ from experiments.batching import BalancedBatchSampler
 from devinet.config import DeviNetConfig
 from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import Scaler
+from devinet.losses import keras2_binary_crossentropy as keras_bce
 from devinet.model import DeviNet
+from devinet.optim import Keras2Adam
 from devinet.preprocessing import Preprocessing, default_classes
 from experiments.evaluation.tagging import at_micro_f1
 
 TRAINING_STATE_FORMAT = "devinet-training-state"
 TRAINING_STATE_VERSION = 1
-#: Keras' epsilon: binary_crossentropy clips probabilities to [EPS, 1 - EPS]
-BCE_EPSILON = 1e-7
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -203,11 +203,6 @@ def gather(features: Any, indices: np.ndarray) -> np.ndarray:
     unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
     block = np.asarray(features[unique] if isinstance(features, np.ndarray) else features[unique.tolist()])
     return block[inverse].astype(np.float32, copy=False)
-
-
-def keras_bce(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Keras' binary cross-entropy of probabilities: clip to [1e-7, 1 - 1e-7], then mean BCE. (N, C) -> ()."""
-    return F.binary_cross_entropy(probs.clamp(BCE_EPSILON, 1.0 - BCE_EPSILON), targets)
 
 
 def predict(model: DeviNet, features: Any, scaler: Scaler, batch_size: int = 32,
@@ -446,6 +441,7 @@ def train(
                 "model": model_config.to_dict(),
                 "schedule": schedule.to_dict(),
                 "seed": int(seed),
+                "optimizer": OPTIMIZER,
                 "deterministic": bool(deterministic),
                 "data": data_fingerprint(features, labels, scaler),
                 "monitor": None if monitor is None else _eval_fingerprint(monitor),
@@ -473,9 +469,14 @@ def train(
         folder.unlock()
 
 
+#: the recipe's optimizer, recorded in a run's identity (a run folder is resumed only by the same one)
+OPTIMIZER = "keras2_adam"
+
+
 def make_optimizer(model: DeviNet, learning_rate: float) -> torch.optim.Optimizer:
-    """The recipe's optimizer: Adam at ``learning_rate``."""
-    return torch.optim.Adam(model.parameters(), lr=learning_rate)
+    """The recipe's optimizer: Keras 2.0.8's Adam (:class:`devinet.optim.Keras2Adam`) at ``learning_rate``,
+    its other settings Keras 2.0.8's defaults, as the original's ``optimizer='adam'``."""
+    return Keras2Adam(model.parameters(), lr=learning_rate)
 
 
 class TrainingStep:

@@ -4,7 +4,8 @@
 rebuild main_crnn_at.py, main_crnn_sed.py and main_cnnrnn_at.py of
 yongxuUSTC/dcase2017_task4_cvssp with Keras 2.0.8's semantics, without Lambda layers, so
 the models save and load as ``.keras`` files in safe mode. :mod:`keras_reference.training`
-holds the original training recipe. Importing this package selects the TensorFlow backend
+holds the original training recipe, :mod:`keras_reference.keras2_training` Keras 2.0.8's Adam and
+loss for training exactly like the original. Importing this package selects the TensorFlow backend
 unless ``KERAS_BACKEND`` is already set.
 """
 
@@ -14,7 +15,16 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from .layers import CUSTOM_OBJECTS, GLU, PACKAGE, AttentionPooling, TimeMean, keras2_hard_sigmoid  # noqa: E402
+from .keras2_training import Keras2Adam, keras2_binary_crossentropy, keras2_train_step  # noqa: E402
+from .layers import (  # noqa: E402
+    CUSTOM_OBJECTS,
+    GLU,
+    PACKAGE,
+    AttentionPooling,
+    Keras2BatchNormalization,
+    TimeMean,
+    keras2_hard_sigmoid,
+)
 from .models import PRESETS, Preset, build, build_intermediate_model, framewise_model  # noqa: E402
 from .training import (  # noqa: E402
     ORIGINAL_FUSION_EPOCHS,
@@ -33,6 +43,8 @@ __all__ = [
     "AttentionPooling",
     "CUSTOM_OBJECTS",
     "GLU",
+    "Keras2Adam",
+    "Keras2BatchNormalization",
     "ORIGINAL_FUSION_EPOCHS",
     "PACKAGE",
     "PRESETS",
@@ -46,7 +58,9 @@ __all__ = [
     "framewise_model",
     "fuse_predictions",
     "fusion_checkpoints",
+    "keras2_binary_crossentropy",
     "keras2_hard_sigmoid",
+    "keras2_train_step",
     "list_checkpoints",
     "load_checkpoint",
     "train",

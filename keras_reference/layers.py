@@ -88,10 +88,37 @@ class AttentionPooling(keras.layers.Layer):
         return {**super().get_config(), "eps": self.eps}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Keras2BatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization whose training mode updates the moving statistics as Keras 2.0.8 on Theano did.
+
+    Normalizing is Keras 3's (the biased batch variance plus ``epsilon``); only the moving
+    variance differs. Keras 3 updates ``moving_variance = momentum * moving_variance +
+    (1 - momentum) * batch_variance``; Keras 2.0.8 on Theano added the layer's epsilon to the
+    batch variance there (its ``normalize_batch_in_training`` returned ``1 / stdinv^2 = var + eps``):
+    ``momentum * moving_variance + (1 - momentum) * (batch_variance + epsilon)``. The moving mean
+    is updated alike in both. Inference is unchanged. Used where the reference must train like
+    the original (``keras_reference.build(..., keras2_batchnorm=True)``); masks and batch
+    renormalization fall back to Keras 3's layer.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        axis = self.axis % len(inputs.shape)
+        mean, variance = ops.moments(inputs, [i for i in range(len(inputs.shape)) if i != axis])
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum
+                                    + (variance + self.epsilon) * (1.0 - self.momentum))
+        return ops.batch_normalization(inputs, mean, variance, axis=self.axis, offset=self.beta, scale=self.gamma,
+                                       epsilon=self.epsilon)
+
+
 #: every registered object of this package, for ``custom_objects=`` where registration is not enough
 CUSTOM_OBJECTS = {
     "keras2_hard_sigmoid": keras2_hard_sigmoid,
     "GLU": GLU,
     "TimeMean": TimeMean,
     "AttentionPooling": AttentionPooling,
+    "Keras2BatchNormalization": Keras2BatchNormalization,
 }

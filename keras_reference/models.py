@@ -38,7 +38,7 @@ from keras import layers  # noqa: E402
 
 from devinet.errors import ConfigError  # noqa: E402
 
-from .layers import GLU, AttentionPooling, TimeMean, keras2_hard_sigmoid  # noqa: E402
+from .layers import GLU, AttentionPooling, Keras2BatchNormalization, TimeMean, keras2_hard_sigmoid  # noqa: E402
 
 Pool = tuple[int, int]
 
@@ -94,7 +94,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def build(name: str, *, blocks: int = 7, num_classes: int = NUM_CLASSES, n_frames: int | None = NUM_FRAMES,
-          n_mels: int = NUM_MELS, attention_eps: float = 1e-7) -> keras.Model:
+          n_mels: int = NUM_MELS, attention_eps: float = 1e-7, keras2_batchnorm: bool = False) -> keras.Model:
     """Build an original model by its preset name (``cvssp_crnn_at``, ``cvssp_crnn_sed``, ...).
 
     Args:
@@ -104,6 +104,9 @@ def build(name: str, *, blocks: int = 7, num_classes: int = NUM_CLASSES, n_frame
         n_frames: input frames (240 = 10 s); None accepts any length (the time pools floor).
         n_mels: mel bins; the mel pools must bring them down to exactly 1.
         attention_eps: lower clip of the attention weights (attention head only).
+        keras2_batchnorm: BatchNorm layers that update their moving variance in training as
+            Keras 2.0.8 on Theano did (:class:`Keras2BatchNormalization`), for training like the
+            original; off by default, so that saved files hold Keras' own BatchNormalization.
 
     Returns:
         A ``keras.Model`` from (N, n_frames, n_mels) — (N, n_frames, n_mels, 1) for
@@ -128,7 +131,7 @@ def build(name: str, *, blocks: int = 7, num_classes: int = NUM_CLASSES, n_frame
     index = 0
     for group, (n_blocks, pool) in enumerate(zip(BLOCK_GROUPS[blocks], preset.pools)):
         for _ in range(n_blocks):
-            x = _conv_block(x, index, preset)
+            x = _conv_block(x, index, preset, keras2_batchnorm)
             index += 1
         x = layers.MaxPooling2D(pool_size=pool, name=f"pool_{group}")(x)
 
@@ -164,12 +167,13 @@ def _check_mel_pooling(name: str, preset: Preset, n_mels: int) -> None:
         )
 
 
-def _conv_block(x, index: int, preset: Preset):
+def _conv_block(x, index: int, preset: Preset, keras2_batchnorm: bool = False):
     """Gated block: Conv2D(2C, 3x3, same, no bias) -> BN -> GLU; baseline: Conv2D(C) -> BN [-> ReLU]."""
     prefix = f"gcnn_{index}"
     filters = 2 * preset.block_channels if preset.gated else preset.block_channels
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
-    x = layers.BatchNormalization(axis=-1, name=f"{prefix}_bn")(x)
+    batch_norm = Keras2BatchNormalization if keras2_batchnorm else layers.BatchNormalization
+    x = batch_norm(axis=-1, name=f"{prefix}_bn")(x)
     if preset.gated:
         return GLU(name=f"{prefix}_glu")(x)
     if preset.block_activation == "linear":

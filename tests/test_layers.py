@@ -239,7 +239,7 @@ def test_gated_conv_block_matches_keras_equations_in_eval():
 
 
 def test_batchnorm_training_update_uses_keras_momentum():
-    """Keras: moving = 0.99 * moving + 0.01 * batch statistic (unbiased variance, as Keras 2 on Theano)."""
+    """Keras: moving = 0.99 * moving + 0.01 * batch statistic (the variance's update: tests/test_keras2_training.py)."""
     torch.manual_seed(0)
     block = GatedConvBlock(1, 2).train()
     x = torch.randn(4, 1, 5, 5)

@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=2,
                         help="random clips in the input, plus one all-zero clip (default 2)")
     parser.add_argument("--force", action="store_true", help="overwrite the --report file")
+    parser.add_argument("--train-steps", type=int, metavar="K",
+                        help="instead, train K steps of devinet and of the Keras reference (both as Keras 2.0.8) "
+                             "from SRC's weights on seeded batches of --batch clips, and compare the losses and "
+                             "every weight after each step (see parity.training)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     from parity.compare import format_report, parity_reports
 
+    if args.train_steps is not None:
+        from parity.training import run_cli  # absolute: this module may live in parity.commands
+
+        return run_cli(args)
     dtypes = {"both": (torch.float32, torch.float64), "float32": (torch.float32,),
               "float64": (torch.float64,)}[args.dtype]
     if args.batch < 1:
