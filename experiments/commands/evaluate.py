@@ -198,6 +198,6 @@ def _beyond_sed_lines(result: dict) -> list[str]:
              f"(events: reference {events['n_ref']}, system {events['n_sys']}, correct {events['n_tp']})"]
     psds = result.get("psds")
     if psds:
-        lines.append("  " + "   ".join(f"PSDS {name[-1]} {psds[name]['psds']:.4f}" for name in ("scenario1", "scenario2"))
-                     + f"  ({psds['metric']}; DCASE 2021 scenarios)")
+        values = "   ".join(f"PSDS {name[-1]} {psds[name]['psds']:.4f}" for name in ("scenario1", "scenario2"))
+        lines.append(f"  {values}  ({psds['metric']}; DCASE 2021 scenarios)")
     return lines
