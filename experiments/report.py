@@ -178,8 +178,9 @@ def _evaluation_lines(entry: Mapping[str, Any] | None) -> list[str]:
         return []
     missing = sum(entry["clips_without_audio"].values())
     lines = ["", "## Our results (evaluation split: the challenge's evaluation set)", "",
-             f"{entry['clips_scored']} evaluation clips scored with the official evaluation ground truth"
-             + (f" ({missing} without audio left out)" if missing else "") + f"; {entry['description']}.", ""]
+             f"{entry['clips_scored']} clips of the challenge's evaluation set scored with its official ground "
+             "truth" + (f" ({missing} without audio left out)" if missing else "")
+             + "; the claims above are checked on the testing split only.", ""]
     lines += _system_table(entry["systems"], _SCORE_COLUMNS, _SCORE_HEADER)
     lines += ["", "The challenge's evaluation-set figures (same metrics, the full evaluation set):", ""]
     lines += _figure_table(entry["challenge"])

@@ -278,7 +278,7 @@ def test_real_data_with_the_evaluation_split(tiny, tmp_path, reference_dir, caps
     assert (out / "evaluation" / "seed2017" / "evaluation_set" / "gated_crnn_attention.json").is_file()
     md = (out / "results.md").read_text()
     assert "## Our results (evaluation split: the challenge's evaluation set)" in md
-    assert "6 evaluation clips scored" in md and "18.2" in md
+    assert "6 clips of the challenge's evaluation set scored" in md and "18.2" in md
     # the testing split's results and the claims do not move: the same training runs as without it
     assert results["dataset"]["test_clips_scored"] == 34
 
