@@ -18,10 +18,18 @@ compared on the same clips seed by seed. The report (:mod:`experiments.summary`)
 metric as mean and standard deviation over the seeds with every seed's value, and each of
 the paper's orderings with its paired difference per seed and its verdict (:mod:`experiments.claims`).
 
+Real data (``--data-root``): the training and testing splits are required; when the folder
+also holds the evaluation split's audio (:data:`AUDIO_CANDIDATES` ``"evaluation"``, or
+``--eval-audio``), it is packed, predicted by every system and scored against the official
+evaluation ground truth (:data:`EVALUATION_META_FILES`), beside the challenge's evaluation-set
+figures; the testing split stays where the claims are checked. Prediction and scoring:
+:mod:`experiments.scoring`.
+
 Results (small files only)::
 
     OUT/results.json, OUT/results.md, OUT/figures/*.png (+ clip_example.json, its data),
-    OUT/evaluation/seed<seed>/<system>.json (full official scores),
+    OUT/evaluation/seed<seed>/<system>.json (full scores, testing split),
+    OUT/evaluation/seed<seed>/evaluation_set/<system>.json (full scores, evaluation split, when scored),
     OUT/runs/seed<seed>/<system>/{run.json,metrics.jsonl}
 """
 
@@ -40,10 +48,11 @@ import numpy as np
 
 from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import FRAMES, N_MELS, Scaler
-from experiments import evaluation
 from experiments.meta import CLASSES, clip_key
-from experiments.systems import SYSTEMS, SizeConfig, frames_at_input_rate, load_size_config, resolve_systems
-from experiments.train import EvalSet, TrainResult, fused_predictions, train
+from experiments.scoring import (EVALUATION_SET, TEST_SET, Predictions, ScoredSplit, evaluate_systems,
+                                 predict_systems, truth)
+from experiments.systems import SYSTEMS, SizeConfig, load_size_config, resolve_systems
+from experiments.train import EvalSet, TrainResult, train
 
 #: the official metadata files an experiment reads from the meta folder
 META_FILES = {
@@ -52,15 +61,19 @@ META_FILES = {
     "weak_truth": "groundtruth_weak_label_testing_set.csv",
     "strong_truth": "groundtruth_strong_label_testing_set.csv",
 }
+#: the official ground truth of the evaluation split, read when its audio is there
+EVALUATION_META_FILES = {
+    "eval_weak_truth": "groundtruth_weak_label_evaluation_set.csv",
+    "eval_strong_truth": "groundtruth_strong_label_evaluation_set.csv",
+}
 #: audio sub-folders tried under --data-root (ours, CVSSP's, the official download's)
 AUDIO_CANDIDATES = {
     "train": ("audio/train", "audio/training", "training", "train",
               "unbalanced_train_segments_training_set_audio_formatted_and_segmented_downloads"),
     "test": ("audio/test", "audio/testing", "testing", "test",
              "unbalanced_train_segments_testing_set_audio_formatted_and_segmented_downloads"),
+    "evaluation": ("audio/evaluation", "audio/eval", "evaluation", "eval", "evaluation_set_formatted_audio_segments"),
 }
-#: name of the testing split, monitored during training and evaluated
-TEST_SET = "test"
 #: packed training features above this size are read from the HDF5 file batch by batch
 IN_MEMORY_LIMIT_BYTES = 2 * 1024 ** 3
 
@@ -77,6 +90,7 @@ class Options:
     meta_dir: Path | None = None
     train_audio: Path | None = None
     test_audio: Path | None = None
+    eval_audio: Path | None = None
     systems: tuple[str, ...] = tuple(SYSTEMS)
     seed: int = 2017
     seeds: int = 1
@@ -97,8 +111,9 @@ class Options:
         if len(chosen) > 1 and not (set(chosen) == {"--quick", "--size"} and args.size == "quick"):
             raise ConfigError(f"choose one of {', '.join(chosen)}")
         size = load_size_config(args.config or args.size or ("quick" if args.quick else "full"))
-        if args.data_root is None and (args.meta_dir or args.train_audio or args.test_audio):
-            raise ConfigError("--meta-dir, --train-audio and --test-audio describe real data: give --data-root too")
+        if args.data_root is None and (args.meta_dir or args.train_audio or args.test_audio or args.eval_audio):
+            raise ConfigError("--meta-dir, --train-audio, --test-audio and --eval-audio describe real data: "
+                              "give --data-root too")
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
         if args.threads is not None and args.threads < 1:
@@ -111,7 +126,8 @@ class Options:
         path = lambda p: Path(p) if p is not None else None  # noqa: E731
         return cls(size=size, out=out, work_dir=Path(args.work_dir) if args.work_dir else out / "work",
                    data_root=path(args.data_root), meta_dir=path(args.meta_dir), train_audio=path(args.train_audio),
-                   test_audio=path(args.test_audio), systems=resolve_systems(args.systems), seed=args.seed,
+                   test_audio=path(args.test_audio), eval_audio=path(args.eval_audio),
+                   systems=resolve_systems(args.systems), seed=args.seed,
                    seeds=args.seeds, jobs=args.jobs or usable_cores(), device=args.device, threads=args.threads,
                    deterministic=args.deterministic,
                    force=args.force, progress=args.progress, command=command)
@@ -139,7 +155,8 @@ class Dataset:
         kind: "synthetic" (the built-in stand-in) or "dcase2017_task4" (real data).
         tag: folder name of its features and runs in the work folder.
         train_audio, test_audio: folders of wav clips.
-        meta: key of :data:`META_FILES` -> path.
+        meta: key of :data:`META_FILES` (and of :data:`EVALUATION_META_FILES` with an evaluation split) -> path.
+        eval_audio: folder of the evaluation split's wav clips, or None (no evaluation split).
         info: what results.json says about it.
     """
 
@@ -148,21 +165,24 @@ class Dataset:
     train_audio: Path
     test_audio: Path
     meta: dict[str, Path]
+    eval_audio: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _meta_files(meta_dir: Path) -> dict[str, Path]:
+def _meta_files(meta_dir: Path, names: dict[str, str] = META_FILES, why: str = "") -> dict[str, Path]:
     if not meta_dir.is_dir():
         raise FileFormatError(meta_dir, "no such metadata folder (give --meta-dir)")
-    files = {key: meta_dir / name for key, name in META_FILES.items()}
+    files = {key: meta_dir / name for key, name in names.items()}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
-        raise FileFormatError(missing[0], f"missing official metadata file ({len(missing)} missing: "
+        raise FileFormatError(missing[0], f"missing official metadata file{why} ({len(missing)} missing: "
                                           f"{', '.join(Path(m).name for m in missing)})")
     return files
 
 
-def _audio_dir(root: Path, split: str, given: Path | None) -> Path:
+def _audio_dir(root: Path, split: str, given: Path | None, required: bool = True) -> Path | None:
+    """The split's wav folder: ``given``, else the first of :data:`AUDIO_CANDIDATES` under ``root``;
+    when none is there, an error (``required``) or None."""
     if given is not None:
         if not given.is_dir():
             raise FileFormatError(given, f"no such folder of {split} wav clips")
@@ -170,6 +190,8 @@ def _audio_dir(root: Path, split: str, given: Path | None) -> Path:
     for candidate in AUDIO_CANDIDATES[split]:
         if (root / candidate).is_dir():
             return root / candidate
+    if not required:
+        return None
     raise FileFormatError(root, f"no {split} audio folder found (tried {', '.join(AUDIO_CANDIDATES[split])}); "
                                 f"give --{split}-audio")
 
@@ -180,17 +202,25 @@ def prepare_data(options: Options) -> Dataset:
         root = options.data_root
         if not root.is_dir():
             raise FileFormatError(root, "no such data folder")
-        meta = _meta_files(options.meta_dir or root / "meta")
+        meta_dir = options.meta_dir or root / "meta"
+        meta = _meta_files(meta_dir)
         train_audio = _audio_dir(root, "train", options.train_audio)
         test_audio = _audio_dir(root, "test", options.test_audio)
+        # the tag names the training data: an evaluation split found later reuses features and runs
         where = json.dumps([str(p.resolve()) for p in (train_audio, test_audio, *meta.values())])
         tag = "dcase2017-" + hashlib.sha256(where.encode()).hexdigest()[:8]
-        info = {"kind": "dcase2017_task4", "description": "DCASE 2017 Task 4 audio brought by the user "
-                "(testing set scored with the official ground truth)", "root": str(root.resolve()),
-                "train_audio": str(train_audio.resolve()), "test_audio": str(test_audio.resolve()),
+        eval_audio = _audio_dir(root, "evaluation", options.eval_audio, required=False)
+        if eval_audio is not None:
+            meta |= _meta_files(meta_dir, EVALUATION_META_FILES, f" for the evaluation audio in {eval_audio}")
+        info = {"kind": "dcase2017_task4", "description": "DCASE 2017 Task 4 audio brought by the user (testing "
+                "set, and evaluation set when present, scored with the official ground truth)",
+                "root": str(root.resolve()), "train_audio": str(train_audio.resolve()),
+                "test_audio": str(test_audio.resolve()),
+                "eval_audio": str(eval_audio.resolve()) if eval_audio is not None else None,
                 "meta": {key: str(p.resolve()) for key, p in meta.items()}}
-        _say(f"[data] real DCASE 2017 Task 4 data: {train_audio} and {test_audio}")
-        return Dataset("dcase2017_task4", tag, train_audio, test_audio, meta, info)
+        found = f", evaluation split {eval_audio}" if eval_audio is not None else ", no evaluation split"
+        _say(f"[data] real DCASE 2017 Task 4 data: {train_audio} and {test_audio}{found}")
+        return Dataset("dcase2017_task4", tag, train_audio, test_audio, meta, eval_audio, info)
 
     from experiments.synth import generate_dataset
 
@@ -204,7 +234,7 @@ def prepare_data(options: Options) -> Dataset:
                "clips": {split: info["splits"][split]["clips"] for split in ("train", "test")},
                "events": {split: info["splits"][split]["events"] for split in ("train", "test")}}
     return Dataset("synthetic", f"synthetic-{size}-seed{options.seed}", folder / "audio" / "train",
-                   folder / "audio" / "test", meta, summary)
+                   folder / "audio" / "test", meta, info=summary)
 
 
 # ---------------------------------------------------------------------- stage 2: features
@@ -220,10 +250,13 @@ class Split:
 
 @dataclass
 class Features:
+    """The packed splits (``evaluation``: None without an evaluation split), the scaler fitted on training."""
+
     train: Split
     test: Split
     scaler: Scaler
     folder: Path
+    evaluation: Split | None = None
     _files: list = field(default_factory=list)
 
     def close(self) -> None:
@@ -276,6 +309,9 @@ def prepare_features(options: Options, dataset: Dataset) -> Features:
     _say(f"[features] log-mel of {dataset.train_audio} and {dataset.test_audio} into {folder}")
     _pack(options, dataset.train_audio, folder / "train.h5", dataset.meta["train_list"])
     _pack(options, dataset.test_audio, folder / "test.h5", dataset.meta["weak_truth"])
+    if dataset.eval_audio is not None:
+        _say(f"[features] log-mel of the evaluation split {dataset.eval_audio}")
+        _pack(options, dataset.eval_audio, folder / "evaluation.h5", dataset.meta["eval_weak_truth"])
     scaler_path = folder / "scaler.npz"
     train_h5 = folder / "train.h5"
     if not scaler_path.is_file() or scaler_path.stat().st_mtime < train_h5.stat().st_mtime:
@@ -284,15 +320,25 @@ def prepare_features(options: Options, dataset: Dataset) -> Features:
     try:
         train_split = _open_split(train_h5, handles)
         test_split = _open_split(folder / "test.h5", handles)
+        eval_split = _open_split(folder / "evaluation.h5", handles) if dataset.eval_audio is not None else None
     except BaseException:
         for h in handles:
             h.close()
         raise
-    for split, data in (("training", train_split), ("testing", test_split)):
-        lost = sum(data.skipped.values())
+    for split, data in (("training", train_split), ("testing", test_split), ("evaluation", eval_split)):
+        lost = sum(data.skipped.values()) if data is not None else 0
         if lost:
             _say(f"[features] {split}: {lost} clips without usable audio are left out ({data.skipped})")
-    return Features(train_split, test_split, Scaler.load(scaler_path), folder, handles)
+    return Features(train_split, test_split, Scaler.load(scaler_path), folder, eval_split, handles)
+
+
+def scored_splits(dataset: Dataset, features: Features) -> list[ScoredSplit]:
+    """The splits scored with the official ground truth: testing, then evaluation when there is one."""
+    splits = [ScoredSplit(TEST_SET, features.test, dataset.meta["weak_truth"], dataset.meta["strong_truth"])]
+    if features.evaluation is not None:
+        splits.append(ScoredSplit(EVALUATION_SET, features.evaluation, dataset.meta["eval_weak_truth"],
+                                  dataset.meta["eval_strong_truth"]))
+    return splits
 
 
 # ---------------------------------------------------------------------- stage 3: training
@@ -318,66 +364,22 @@ def train_systems(options: Options, dataset: Dataset, features: Features, seed: 
     return results
 
 
-# ---------------------------------------------------------------------- stage 4: evaluation
-@dataclass
-class Predictions:
-    """Fused probabilities of a system on the testing split: clip (N, 17) and frame (N, 240, 17)."""
-
-    clipwise: np.ndarray
-    framewise: np.ndarray
-
-
-def predict_systems(options: Options, dataset: Dataset, features: Features, seed: int) -> dict[str, Predictions]:
-    """Fused predictions of every system trained with ``seed``; written in CVSSP's probability formats
-    to the work folder."""
-    test = EvalSet(TEST_SET, features.test.features, features.test.labels)
-    found: dict[str, Predictions] = {}
-    for system in options.systems:
-        spec = SYSTEMS[system]
-        if spec.trained:
-            clip, frame = fused_predictions(run_dir(options, dataset, system, seed), test, features.scaler,
-                                            options.size.eval_batch_size, options.device)
-            found[system] = Predictions(clip, frames_at_input_rate(frame, FRAMES))
-        else:
-            found[system] = Predictions(np.mean([found[m].clipwise for m in spec.members], axis=0),
-                                        np.mean([found[m].framewise for m in spec.members], axis=0))
-        folder = options.work_dir / "predictions" / dataset.tag / options.experiment(seed) / system
-        folder.mkdir(parents=True, exist_ok=True)
-        evaluation.write_at_probabilities(folder / "at_prob_mat.csv.gz", features.test.names, found[system].clipwise)
-        evaluation.write_sed_probabilities(folder / "sed_prob_mat_list.csv.gz", features.test.names,
-                                  list(found[system].framewise))
-    return found
-
-
-def truth(dataset: Dataset, names: list[str]) -> tuple[dict[str, frozenset[str]], list]:
-    """The official ground truth restricted to the clips that have audio (the others cannot be predicted)."""
-    present = set(names)
-    weak = evaluation.read_at_truth(dataset.meta["weak_truth"])
-    strong = evaluation.read_sed_truth(dataset.meta["strong_truth"])
-    unknown = sorted(present - set(weak))
-    if unknown:
-        raise FileFormatError(dataset.meta["weak_truth"], f"does not list packed testing clip {unknown[0]}")
-    return {k: v for k, v in weak.items() if k in present}, [e for e in strong if clip_key(e.key) in present]
-
-
-def evaluate_systems(dataset: Dataset, names: list[str], predictions: dict[str, Predictions]) -> dict[str, dict]:
-    """Official AT (micro P/R/F1, CVSSP's 0.3 / arg-max rule) and SED (segment-based, 1 s) scores per system."""
-    weak, strong = truth(dataset, names)
-    scores = {}
-    for system, pred in predictions.items():
-        at = evaluation.evaluate_at(pred.clipwise, names, weak)
-        events = [event for key, frames in zip(names, pred.framewise) for event in evaluation.frames_to_events(frames, key)]
-        sed = evaluation.evaluate_sed(events, strong)
-        scores[system] = {"at": at, "sed": sed}
-    return scores
-
-
 # ---------------------------------------------------------------------- all stages
+@dataclass(frozen=True)
+class Start:
+    """When a run started and the source revision it ran, taken before it writes anything (the
+    results folder may be tracked by git, as the committed example is: written results must not
+    make the revision look modified, and a modified source must show as ``+dirty``)."""
+
+    time: str
+    git: str | None
+
+
 def reproduce(options: Options) -> dict:
     """Run every stage (each resuming what an earlier call left) and return the contents of results.json."""
-    from experiments.provenance import now
+    from experiments.provenance import git_revision, now
 
-    began = now()
+    start = Start(now(), git_revision())
     options.out.mkdir(parents=True, exist_ok=True)
     options.work_dir.mkdir(parents=True, exist_ok=True)
     if options.force:
@@ -386,37 +388,39 @@ def reproduce(options: Options) -> dict:
         shutil.rmtree(options.work_dir / "predictions", ignore_errors=True)
     wanted = options.threads or options.size.torch_threads
     if wanted is None:
-        return _run_stages(options, began)
+        return _run_stages(options, start)
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(wanted)
     try:
-        return _run_stages(options, began)
+        return _run_stages(options, start)
     finally:
         torch.set_num_threads(threads)
 
 
 @dataclass
 class SeedOutcome:
-    """What one training seed gave: the training runs, the official scores of every system and,
-    for the first seed only, the predictions (the example figure shows that seed's)."""
+    """What one training seed gave: the training runs, the scores of every system on the testing
+    split and, when scored, on the evaluation split, and for the first seed only the testing
+    predictions (the example figure shows that seed's)."""
 
     seed: int
     runs: dict[str, TrainResult]
     scores: dict[str, dict]
     predictions: dict[str, Predictions] | None
+    evaluation_scores: dict[str, dict] | None = None
 
 
-def _run_stages(options: Options, began: str) -> dict:
+def _run_stages(options: Options, start: Start) -> dict:
     from experiments.summary import write_report
 
     timing: dict[str, float] = {}
 
     def timed(stage: str, fn, *args):
-        start = time.perf_counter()
+        began = time.perf_counter()
         value = fn(*args)
-        timing[stage] = round(timing.get(stage, 0.0) + time.perf_counter() - start, 1)
+        timing[stage] = round(timing.get(stage, 0.0) + time.perf_counter() - began, 1)
         return value
 
     dataset = timed("data", prepare_data, options)
@@ -427,16 +431,21 @@ def _run_stages(options: Options, began: str) -> dict:
         outcomes = []
         for seed in options.training_seeds:
             runs = timed("training", train_systems, options, dataset, features, seed)
-            predictions = timed("prediction", predict_systems, options, dataset, features, seed)
-            scores = timed("evaluation", evaluate_systems, dataset, features.test.names, predictions)
-            outcomes.append(SeedOutcome(seed, runs, scores, predictions if not outcomes else None))
+            scored = {}
+            for split in scored_splits(dataset, features):
+                predictions = timed("prediction", predict_systems, options, dataset, features, seed, split)
+                scored[split.name] = (predictions, timed("evaluation", evaluate_systems, split, predictions))
+            test_predictions, test_scores = scored[TEST_SET]
+            outcomes.append(SeedOutcome(seed, runs, test_scores, test_predictions if not outcomes else None,
+                                        scored[EVALUATION_SET][1] if EVALUATION_SET in scored else None))
         timing["total_before_report"] = round(sum(timing.values()), 1)
-        results = write_report(options, dataset, features, outcomes, timing, began)
+        results = write_report(options, dataset, features, outcomes, timing, start)
     finally:
         features.close()
     return results
 
 
-__all__ = ["Options", "Dataset", "Features", "Split", "Predictions", "SeedOutcome", "prepare_data",
-           "prepare_features", "train_systems", "predict_systems", "evaluate_systems", "truth", "reproduce", "run_dir",
-           "META_FILES", "AUDIO_CANDIDATES", "TEST_SET"]
+__all__ = ["Options", "Dataset", "Features", "Split", "Predictions", "SeedOutcome", "Start", "prepare_data",
+           "prepare_features", "scored_splits", "train_systems", "predict_systems", "evaluate_systems", "truth",
+           "reproduce", "run_dir", "META_FILES", "EVALUATION_META_FILES", "AUDIO_CANDIDATES", "TEST_SET",
+           "EVALUATION_SET"]

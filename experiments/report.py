@@ -4,11 +4,28 @@ Metrics are named explicitly everywhere: "AT micro F1" (audio tagging, micro-ave
 (clip, label) pairs, CVSSP's 0.3 / arg-max rule) and "SED segment ER / F1 (1 s)" (sound
 event detection, sed_eval segment-based overall values on 1-s segments). A reported figure
 goes only in the column of the metric it is; CVSSP's frame-level "error rate" is never shown.
+The metrics beyond the paper's (AT mAP and macro AUC, SED event-based ER/F1, PSDS) have a table
+of their own, after the official ones; no reported figure exists for them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from experiments.evaluation.detection import EVENT_PERCENTAGE_OF_LENGTH, EVENT_T_COLLAR
+from experiments.evaluation.psds import PSDS_SCENARIOS, PSDSScenario
+
+
+def _scenario_text(scenario: PSDSScenario) -> str:
+    cross = ("cross-triggers not counted" if scenario.cttc_threshold is None else
+             f"CTTC {scenario.cttc_threshold:g}, alpha_CT {scenario.alpha_ct:g}")
+    return (f"DTC {scenario.dtc_threshold:g}, GTC {scenario.gtc_threshold:g}, {cross}, alpha_ST "
+            f"{scenario.alpha_st:g}, eFPR up to {scenario.max_efpr:g} per hour")
+
+
+_PSDS_TEXT = ("sed_scores_eval, exact over all thresholds, of per-frame scores that reproduce CVSSP's "
+              "post-processing at every threshold; reference rows without extent left out, overlapping "
+              "reference events of a class merged")
 
 #: What each reported number is (written to results.json beside the numbers).
 METRIC_DEFINITIONS: dict[str, str] = {
@@ -22,6 +39,21 @@ METRIC_DEFINITIONS: dict[str, str] = {
                       "240-frame probabilities with threshold 0.3, gaps of < 10 frames bridged and runs of <= 10 "
                       "frames dropped (CVSSP's post-processing)",
     "sed.f1": "SED segment F1 (1 s): segment-based F1 on 1-s segments, overall, same events",
+    "at.map": "AT mAP (beyond the paper's metrics): mean over the classes of the average precision of the clip "
+              "probabilities (scikit-learn average_precision_score; threshold-free)",
+    "at.macro_auc": "AT macro AUC (beyond the paper's metrics): mean over the classes of the ROC AUC of the clip "
+                    "probabilities (scikit-learn roc_auc_score)",
+    "sed_event.error_rate": f"SED event ER (beyond the paper's metrics): event-based error rate, overall (sed_eval "
+                            f"EventBasedMetrics), onset collar {1000 * EVENT_T_COLLAR:g} ms, offset collar "
+                            f"max({1000 * EVENT_T_COLLAR:g} ms, {100 * EVENT_PERCENTAGE_OF_LENGTH:g} % of the "
+                            "reference length) (DCASE 2018 Task 4's collars: DCASE 2017 Task 4 defined no "
+                            "event-based metric); same events as the segment metric; reference rows without "
+                            "extent left out",
+    "sed_event.f1": "SED event F1 (beyond the paper's metrics): event-based F1, overall, same collars and events",
+    "psds.scenario1": f"PSDS 1 (beyond the paper's metrics): DCASE 2021 Task 4 scenario 1 "
+                      f"({_scenario_text(PSDS_SCENARIOS['scenario1'])}); {_PSDS_TEXT}",
+    "psds.scenario2": f"PSDS 2 (beyond the paper's metrics): DCASE 2021 Task 4 scenario 2 "
+                      f"({_scenario_text(PSDS_SCENARIOS['scenario2'])}); same scores",
 }
 
 _RESULTS_PAGE = ("DCASE 2017 Task 4 challenge results page, subtask A table "
@@ -91,6 +123,10 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _num3(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def _cell(mean: float | None, std: float | None, fmt) -> str:
     """``mean ± std`` in the metric's format (a percentage's std in points); the mean alone with one seed."""
     if std is None:
@@ -112,6 +148,43 @@ _SCORE_COLUMNS = (("at", "f1", _pct), ("at", "precision", _pct), ("at", "recall"
                   ("sed", "error_rate", _num), ("sed", "f1", _pct))
 _SCORE_HEADER = ["AT micro F1 (%)", "AT micro P (%)", "AT micro R (%)", "SED segment ER (1 s)",
                  "SED segment F1 (1 s, %)"]
+
+
+_BEYOND_COLUMNS = (("at", "map", _pct), ("at", "macro_auc", _num3), ("sed_event", "error_rate", _num),
+                   ("sed_event", "f1", _pct), ("psds", "scenario1", _num3), ("psds", "scenario2", _num3))
+_BEYOND_HEADER = ["AT mAP (%)", "AT macro AUC", "SED event ER", "SED event F1 (%)", "PSDS 1", "PSDS 2"]
+
+
+def _system_table(systems: Mapping[str, Any], columns: tuple, header: list[str]) -> list[str]:
+    """One row per system: each column's mean ± std over the seeds."""
+    lines = [_row(["System", *header]), _row(["---"] + ["---:"] * len(header))]
+    for name, e in systems.items():
+        cells = [_cell(e["mean"][task][key], e["std"][task][key], fmt) for task, key, fmt in columns]
+        lines.append(_row([f"`{name}`: {e['title']}", *cells]))
+    return lines
+
+
+def _beyond_lines(systems: Mapping[str, Any], split: str) -> list[str]:
+    return (["", f"### Beyond the paper's metrics ({split})", ""]
+            + _system_table(systems, _BEYOND_COLUMNS, _BEYOND_HEADER)
+            + ["", "Not the challenge's metrics, and no reported figure to compare with: threshold-free AT ranking "
+                   "(mAP, AUC), event-based SED with DCASE 2018's collars, PSDS of DCASE 2021's two scenarios "
+                   "(definitions below, and docs/metrics.md)."])
+
+
+def _evaluation_lines(entry: Mapping[str, Any] | None) -> list[str]:
+    """The evaluation split's scores beside the challenge's evaluation-set figures (real data only)."""
+    if entry is None:
+        return []
+    missing = sum(entry["clips_without_audio"].values())
+    lines = ["", "## Our results (evaluation split: the challenge's evaluation set)", "",
+             f"{entry['clips_scored']} clips of the challenge's evaluation set scored with its official ground "
+             "truth" + (f" ({missing} without audio left out)" if missing else "")
+             + "; the claims above are checked on the testing split only.", ""]
+    lines += _system_table(entry["systems"], _SCORE_COLUMNS, _SCORE_HEADER)
+    lines += ["", "The challenge's evaluation-set figures (same metrics, the full evaluation set):", ""]
+    lines += _figure_table(entry["challenge"])
+    return lines + _beyond_lines(entry["systems"], "evaluation split")
 
 
 def _versions_line(versions: Mapping[str, Any]) -> str:
@@ -188,11 +261,7 @@ def _span(values: list[int]) -> str:
 
 
 def _scores_lines(systems: Mapping[str, Any], several: bool) -> list[str]:
-    lines = ["", "## Our results (testing split)", "", _row(["System", *_SCORE_HEADER]),
-             _row(["---"] + ["---:"] * len(_SCORE_HEADER))]
-    for name, e in systems.items():
-        cells = [_cell(e["mean"][task][key], e["std"][task][key], fmt) for task, key, fmt in _SCORE_COLUMNS]
-        lines.append(_row([f"`{name}`: {e['title']}", *cells]))
+    lines = ["", "## Our results (testing split)", ""] + _system_table(systems, _SCORE_COLUMNS, _SCORE_HEADER)
     lines += ["", "SED of the mean-pooling systems: " + next(
         (e["sed_source"] for e in systems.values() if e["preset"] in ("cvssp_crnn_at", "cvssp_crnn_baseline")),
         "n/a") + "."]
@@ -232,8 +301,18 @@ def _claims_lines(claims: list[Mapping[str, Any]], seeds: list[int]) -> list[str
 
 
 def _reference_lines(figures: list[Mapping[str, Any]]) -> list[str]:
-    lines = ["", "## Figures reported on the real data (for reference; other data than ours)", "",
-             _row(["Split", "System", "Submission", *_SCORE_HEADER, "Source", "Checked here"]),
+    lines = ["", "## Figures reported on the real data (for reference; other data than ours)", ""]
+    lines += _figure_table(figures)
+    lines += ["", "– : not reported by the source. ? : reported by the source or the challenge's results page, "
+                  "but not readable where this table was checked. CVSSP's frame-level \"error rate\" (in its own "
+                  "statistics files) is a different metric and is not shown.", ""]
+    lines += [f"- {note}" for note in PAPER_FIGURE_NOTES]
+    return lines
+
+
+def _figure_table(figures: list[Mapping[str, Any]]) -> list[str]:
+    """The reported figures, one per row, with their sources."""
+    lines = [_row(["Split", "System", "Submission", *_SCORE_HEADER, "Source", "Checked here"]),
              _row(["---", "---", "---"] + ["---:"] * len(_SCORE_HEADER) + ["---", "---"])]
     for f in figures:
         cells = ["?" if f"{task}_{key}" in f["not_read"] else fmt(f[f"{task}_{key}"])
@@ -241,10 +320,6 @@ def _reference_lines(figures: list[Mapping[str, Any]]) -> list[str]:
         submission = "?" if "submission" in f["not_read"] else (f["submission"] or "–")
         checked = "yes" if f["checked"] else "**no: unverifiable here**"
         lines.append(_row([f["split"], f["system"], submission, *cells, f"{f['source']}; {f['note']}", checked]))
-    lines += ["", "– : not reported by the source. ? : reported by the source or the challenge's results page, "
-                  "but not readable where this table was checked. CVSSP's frame-level \"error rate\" (in its own "
-                  "statistics files) is a different metric and is not shown.", ""]
-    lines += [f"- {note}" for note in PAPER_FIGURE_NOTES]
     return lines
 
 
@@ -272,7 +347,9 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     """``results.md``: setup, our scores over seeds, the orderings seed by seed, the reported figures, figures."""
     lines = _setup_lines(results) + _models_lines(results["systems"])
     lines += _scores_lines(results["systems"], len(results["seeds"]) > 1)
+    lines += _beyond_lines(results["systems"], "testing split")
     lines += _claims_lines(results.get("claims", []), results["seeds"])
+    lines += _evaluation_lines(results.get("evaluation"))
     lines += _reference_lines(results["paper"]) + _closing_lines(results)
     return "\n".join(lines).rstrip() + "\n"
 

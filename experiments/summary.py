@@ -2,9 +2,14 @@
 
 ``results.json["systems"][name]`` holds, per system, what it is (title, preset, model and its
 parameter counts, schedule), ``mean`` and ``std`` (sample standard deviation over the seeds;
-None with one seed) of every reported metric, and ``runs``: each seed's scores and training
-record. ``results.json["claims"]`` holds the paper's orderings with their paired differences per
-seed and their verdicts (:mod:`experiments.claims`). The clip example shows the first seed.
+None with one seed) of every reported metric on the testing split, and ``runs``: each seed's
+scores and training record. The scores of a run: ``at`` and ``sed`` (the official metrics, and
+AT mAP and macro AUC), ``sed_event`` and ``psds`` (beyond the paper's metrics). ``results.json
+["claims"]`` holds the paper's orderings, on the official metrics, with their paired
+differences per seed and their verdicts (:mod:`experiments.claims`). ``results.json
+["evaluation"]`` holds the same scores on the evaluation split beside the challenge's
+evaluation-set figures, or None when that split is not scored (the synthetic stand-in has
+none). The clip example shows the first seed.
 """
 
 from __future__ import annotations
@@ -21,25 +26,40 @@ from experiments.systems import SYSTEMS
 from experiments.train import TrainResult
 
 if TYPE_CHECKING:
-    from experiments.pipeline import Dataset, Features, Options, SeedOutcome
+    from experiments.pipeline import Dataset, Features, Options, SeedOutcome, Start
 
 #: how results.json's seeds relate to the command's options (written beside them)
 SEED_RULE = ("training seeds S, S+1, ..., S+N-1 for --seed S --seeds N (initial weights, batch order); the data "
              "are the same for every seed (the synthetic stand-in is generated once, with seed S)")
 
 
+#: the sections of a run's scores, each aggregated over seeds
+SCORE_SECTIONS = ("at", "sed", "sed_event", "psds")
+
+
+def _sed_entry(sed: dict) -> dict[str, Any]:
+    return ({key: sed[key] for key in ("error_rate", "f1", "precision", "recall", "substitution_rate",
+                                        "deletion_rate", "insertion_rate")}
+            | {"class_wise_f1": {label: row["f1"] for label, row in sed["class_wise"].items()},
+               "class_wise_error_rate": {label: row["error_rate"] for label, row in sed["class_wise"].items()}})
+
+
 def scores_entry(score: dict) -> dict[str, Any]:
-    """The scores results.json keeps of one system's official evaluation (one seed)."""
-    at, sed = score["at"], score["sed"]
+    """The scores results.json keeps of one system's evaluation on a split (one seed): the official
+    ``at`` (with mAP and macro AUC) and ``sed`` (segment-based), and ``sed_event`` and ``psds``."""
+    at = score["at"]
     return {
         "at": {"f1": at["f1"], "precision": at["precision"], "recall": at["recall"],
-               "macro_f1": at["macro"]["f1"], "macro_auc": at["macro"].get("auc"),
+               "macro_f1": at["macro"]["f1"], "macro_auc": at["macro"].get("auc"), "map": at["macro"].get("ap"),
                "class_wise_f1": {label: row["f1"] for label, row in at["class_wise"].items()}},
-        "sed": {key: sed[key] for key in ("error_rate", "f1", "precision", "recall", "substitution_rate",
-                                          "deletion_rate", "insertion_rate")}
-               | {"class_wise_f1": {label: row["f1"] for label, row in sed["class_wise"].items()},
-                  "class_wise_error_rate": {label: row["error_rate"] for label, row in sed["class_wise"].items()}},
+        "sed": _sed_entry(score["sed"]),
+        "sed_event": _sed_entry(score["sed_event"]),
+        "psds": {name: score["psds"][name]["psds"] for name in ("scenario1", "scenario2")},
     }
+
+
+def _mean_std(runs: list[dict]) -> tuple[dict, dict]:
+    return aggregate([{section: run[section] for section in SCORE_SECTIONS} for run in runs])
 
 
 def training_entry(run: TrainResult, iterations_per_epoch: int, monitor: str) -> dict[str, Any]:
@@ -84,7 +104,7 @@ def system_entry(options: "Options", system: str, outcomes: list["SeedOutcome"],
             iterations = options.size.schedule(system).iterations_per_epoch
             run["training"] = training_entry(outcome.runs[system], iterations, monitor)
         runs.append(run)
-    mean, std = aggregate([{"at": r["at"], "sed": r["sed"]} for r in runs])
+    mean, std = _mean_std(runs)
     entry: dict[str, Any] = {"title": spec.title, "preset": spec.preset, "ablation": spec.ablation or None,
                              "members": list(spec.members), "sed_source": spec.sed_source}
     if spec.trained:
@@ -110,10 +130,11 @@ def _clip_example_index(names: list[str], strong: list) -> int:
 
 def clip_example(options: "Options", dataset: "Dataset", features: "Features", first: "SeedOutcome") -> dict:
     """The example figure's data: one testing clip's log-mel, strong labels and the first seed's frame outputs."""
-    from experiments.pipeline import truth
+    from experiments.pipeline import scored_splits
+    from experiments.scoring import truth
 
     names = features.test.names
-    _, strong = truth(dataset, names)
+    _, strong = truth(scored_splits(dataset, features)[0])
     index = _clip_example_index(names, strong)
     key = names[index]
     return {
@@ -133,10 +154,17 @@ def _copy_run_files(options: "Options", outcomes: list["SeedOutcome"]) -> None:
     """Each seed's official scores and training logs (small files) under the results folder."""
     out = options.out
     for outcome in outcomes:
-        (out / "evaluation" / f"seed{outcome.seed}").mkdir(parents=True, exist_ok=True)
+        folder = out / "evaluation" / f"seed{outcome.seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if outcome.evaluation_scores is not None:
+            (folder / "evaluation_set").mkdir(exist_ok=True)
         for system in options.systems:
-            atomic_write_json(out / "evaluation" / f"seed{outcome.seed}" / f"{system}.json",
-                              {"system": system, "seed": outcome.seed, **outcome.scores[system]})
+            atomic_write_json(folder / f"{system}.json",
+                              {"system": system, "seed": outcome.seed, "split": "test", **outcome.scores[system]})
+            if outcome.evaluation_scores is not None:
+                atomic_write_json(folder / "evaluation_set" / f"{system}.json",
+                                  {"system": system, "seed": outcome.seed, "split": "evaluation",
+                                   **outcome.evaluation_scores[system]})
             if system in outcome.runs:
                 for name in ("run.json", "metrics.jsonl"):
                     target = out / "runs" / f"seed{outcome.seed}" / system / name
@@ -161,8 +189,26 @@ def _figures(results: dict, clip_data: dict, out, monitor: str) -> dict[str, str
     return {name: str(path.relative_to(out)) for name, path in paths.items()}
 
 
+def evaluation_split_entry(options: "Options", features: "Features", outcomes: list["SeedOutcome"]) -> dict | None:
+    """The evaluation split's scores per system (mean, std, each seed) beside the challenge's
+    evaluation-set figures; None when the split was not scored."""
+    from experiments import report
+
+    if outcomes[0].evaluation_scores is None:
+        return None
+    systems = {}
+    for system in options.systems:
+        runs = [{"seed": o.seed, **scores_entry(o.evaluation_scores[system])} for o in outcomes]
+        mean, std = _mean_std(runs)
+        systems[system] = {"title": SYSTEMS[system].title, "mean": mean, "std": std, "runs": runs}
+    return {"split": "evaluation", "description": "the challenge's evaluation set (real clips), scored with its "
+            "official ground truth; the claims are checked on the testing split only",
+            "clips_scored": len(features.evaluation.names), "clips_without_audio": features.evaluation.skipped,
+            "systems": systems, "challenge": [f for f in report.PAPER_FIGURES if f["split"] == "evaluation"]}
+
+
 def write_report(options: "Options", dataset: "Dataset", features: "Features", outcomes: list["SeedOutcome"],
-                 timing: dict[str, float], began: str) -> dict:
+                 timing: dict[str, float], start: "Start") -> dict:
     """results.json, results.md, figures and per-seed files under ``options.out`` (all written atomically)."""
     from experiments import report
     from experiments.pipeline import TEST_SET
@@ -177,7 +223,7 @@ def write_report(options: "Options", dataset: "Dataset", features: "Features", o
     results = {
         "title": "DeviNet: reproduction of the weak-label experiments of Xu et al. (ICASSP 2018)",
         "created": now(),
-        "started": began,
+        "started": start.time,
         "command": options.command,
         "size": options.size.to_dict(),
         "seeds": [outcome.seed for outcome in outcomes],
@@ -190,9 +236,11 @@ def write_report(options: "Options", dataset: "Dataset", features: "Features", o
         "metrics": report.METRIC_DEFINITIONS,
         "systems": {system: system_entry(options, system, outcomes, TEST_SET) for system in options.systems},
         "claims": check_claims({o.seed: {s: scores_entry(o.scores[s]) for s in options.systems} for o in outcomes}),
+        "evaluation": evaluation_split_entry(options, features, outcomes),
         "paper": report.PAPER_FIGURES,
         "timing_seconds": timing,
-        "versions": versions(),
+        # the revision taken when the run started, before any result file (maybe tracked) was written
+        "versions": versions(extra=("sed_scores_eval", "pandas")) | {"git": start.git},
     }
     results["figures"] = _figures(results, clip_data, out, TEST_SET)
     atomic_write_json(out / "results.json", results)
@@ -200,5 +248,5 @@ def write_report(options: "Options", dataset: "Dataset", features: "Features", o
     return results
 
 
-__all__ = ["SEED_RULE", "scores_entry", "training_entry", "model_entry", "schedule_entry", "system_entry",
-           "clip_example", "write_report"]
+__all__ = ["SEED_RULE", "SCORE_SECTIONS", "scores_entry", "evaluation_split_entry", "training_entry", "model_entry",
+           "schedule_entry", "system_entry", "clip_example", "write_report"]

@@ -6,7 +6,8 @@ file formats. See ``experiments/README_synthetic.md`` for what it can and cannot
 
 Three layers, usable separately:
 
-- planning (cheap, no audio): :func:`plan_clip` draws a clip's fake YouTube id, its events
+- planning (cheap, no audio): :func:`plan_clip` names the clip (:func:`synthetic_clip_id`: an id
+  starting with ``synth``, so that no synthetic clip passes for a real one) and draws its events
   (label, onset, offset, SNR, synthesis seed) and its background from the clip's own seed;
 - rendering: :func:`render_clip` / :func:`generate_clip` synthesize the waveform, in memory;
 - writing: :func:`generate_dataset` writes the wav files and the metadata, resumably.
@@ -21,7 +22,6 @@ a split has the intended class proportions (and every class appears in every cyc
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import io
@@ -38,8 +38,9 @@ from devinet.errors import ConfigError, FileFormatError
 from experiments.meta import CLASSES, Event
 from experiments.synth_sounds import SR, SYNTHESIZERS, background
 
-#: Bump when any change alters the audio or the labels drawn for a given seed.
-GENERATOR_VERSION = "1"
+#: Bump when any change alters the audio, the labels or the clip names drawn for a given seed
+#: (2: clip ids ``synth<split digit><5 digits>`` instead of random YouTube-like ids).
+GENERATOR_VERSION = "2"
 DEFAULT_SEED = 2017
 CLIP_SECONDS = 10.0
 CLIP_MS = 10_000
@@ -283,10 +284,20 @@ def primary_class(split: str, index: int, seed: int = DEFAULT_SEED) -> str:
     return slots[order[position]]
 
 
-def fake_youtube_id(seed: int, split: str, index: int) -> str:
-    """A deterministic 11-character id in the YouTube alphabet (``A-Za-z0-9_-``)."""
-    digest = hashlib.blake2b(f"devinet-synth/{seed}/{split}/{index}".encode(), digest_size=9).digest()
-    return base64.urlsafe_b64encode(digest).decode("ascii")[:11]
+#: first digit of a synthetic clip id after ``synth``, per split
+_ID_SPLIT_DIGIT = {"train": 0, "test": 5}
+_ID_INDEX_LIMIT = 100_000
+
+
+def synthetic_clip_id(split: str, index: int) -> str:
+    """The 11-character id of a synthetic clip, in the place of a YouTube id: ``synth``, a digit
+    naming the split (0 training, 5 testing) and the clip index on 5 digits, e.g. ``synth000123``
+    (training clip 123) or ``synth500007`` (testing clip 7). Real YouTube ids are random: none is
+    expected to look like this, and every tool can tell a synthetic clip by its name."""
+    _check_split(split)
+    if not 0 <= index < _ID_INDEX_LIMIT:
+        raise ConfigError(f"synthetic clip index must lie in [0, {_ID_INDEX_LIMIT}), got {index}")
+    return f"synth{_ID_SPLIT_DIGIT[split]}{index:05d}"
 
 
 def _place_event(rng: np.random.Generator, label: str, placed: list[EventPlan]) -> EventPlan | None:
@@ -338,9 +349,8 @@ def plan_clip(split: str, index: int, seed: int = DEFAULT_SEED) -> ClipPlan:
         if event is not None:
             placed.append(event)
     events = tuple(sorted(placed, key=lambda event: (event.onset_ms, CLASSES.index(event.label))))
-    return ClipPlan(split=split, index=index, primary=primary, youtube_id=fake_youtube_id(seed, split, index),
-                    start=start,
-                    events=events, background_dbfs=float(rng.uniform(*BACKGROUND_DBFS)),
+    return ClipPlan(split=split, index=index, primary=primary, youtube_id=synthetic_clip_id(split, index),
+                    start=start, events=events, background_dbfs=float(rng.uniform(*BACKGROUND_DBFS)),
                     background_seed=int(rng.integers(2**63)))
 
 
@@ -546,16 +556,6 @@ def _write_clip(job: tuple[ClipPlan, str]) -> tuple[str, str]:
     return path, hashlib.sha256(data).hexdigest()
 
 
-def _check_unique_ids(plans: dict[str, list[ClipPlan]]) -> None:
-    seen: dict[str, ClipPlan] = {}
-    for split_plans in plans.values():
-        for plan in split_plans:
-            other = seen.setdefault(plan.youtube_id, plan)
-            if other is not plan:
-                raise ConfigError(f"fake YouTube id {plan.youtube_id} drawn twice ({other.split} {other.index}, "
-                                  f"{plan.split} {plan.index}); choose another seed")
-
-
 def generate_dataset(out_dir: str | os.PathLike, size: str | SizeSpec = "quick", seed: int = DEFAULT_SEED,
                      jobs: int = 1, progress: bool = True) -> dict:
     """Write the synthetic dataset under ``out_dir`` and return the contents of its ``dataset.json``.
@@ -580,7 +580,6 @@ def generate_dataset(out_dir: str | os.PathLike, size: str | SizeSpec = "quick",
     if out.is_dir() and any(out.iterdir()) and not manifest.is_file():
         raise FileFormatError(out, f"folder is not empty and holds no {MANIFEST}: not a synthetic dataset folder")
     plans = {split: plan_split(split, spec, seed) for split in SPLITS}
-    _check_unique_ids(plans)
     header = _manifest_header(spec, seed)
     out.mkdir(parents=True, exist_ok=True)
     if manifest.is_file():

@@ -32,8 +32,17 @@ ALL_SYSTEMS = ["crnn_baseline", "crnn_ungated_matched", "gated_crnn_mean", "gate
 def tiny(tmp_path_factory):
     """One tiny run of the whole pipeline with two training seeds (synthetic data, features, four trained
     systems, fusion, report)."""
+    from experiments import provenance
+
     out = tmp_path_factory.mktemp("tiny") / "results"
-    assert main(["reproduce", "--size", "tiny", "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
+    revisions = iter(["0123abc-at-start"])
+
+    def revision(*args):  # the first call (the run's start) differs from any later one
+        return next(revisions, "fedcba9-later+dirty")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(provenance, "git_revision", revision)
+        assert main(["reproduce", "--size", "tiny", "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
     return out
 
 
@@ -51,13 +60,20 @@ def test_tiny_pipeline_writes_results_table_and_figures(tiny):
     assert [run["training"]["epochs"] for run in attention["runs"]] == [2, 2]
     assert attention["model"]["parameters_keras_count"] > attention["model"]["parameters"] > 0
     assert results["dataset"]["kind"] == "synthetic" and results["dataset"]["test_clips_scored"] == 34
-    assert results["versions"]["torch"] and results["versions"]["devinet"] and "git" in results["versions"]
+    assert results["versions"]["torch"] and results["versions"]["devinet"] and results["versions"]["sed_scores_eval"]
+    assert results["versions"]["git"] == "0123abc-at-start"  # taken before any result file was written
+    assert results["evaluation"] is None  # the synthetic stand-in has no evaluation split
+    for entry in results["systems"].values():
+        assert {"map", "macro_auc"} <= set(entry["mean"]["at"]) and set(entry["mean"]["psds"]) == {"scenario1",
+                                                                                                    "scenario2"}
+        assert {"error_rate", "f1"} <= set(entry["mean"]["sed_event"])
     assert results["command"].startswith("devinet reproduce --size tiny --out ")
     assert results["timing_seconds"]["training"] > 0
     md = (tiny / "results.md").read_text()
     for needle in ("AT micro F1", "SED segment ER (1 s)", "Do the paper's orderings hold", "### Each seed",
                    "not real recordings", "`gated_crnn_attention`", "Capacity-matched ablation", "10.9",
-                   "unverifiable here", "Seeds: 2017, 2018"):
+                   "unverifiable here", "Seeds: 2017, 2018", "Beyond the paper's metrics (testing split)",
+                   "PSDS 1", "DCASE 2021 Task 4 scenario 2"):
         assert needle in md
     for name in ("training_curves", "per_class_f1", "clip_example"):
         assert (tiny / "figures" / f"{name}.png").read_bytes().startswith(PNG)
@@ -78,7 +94,8 @@ def test_seeds_give_mean_std_and_per_seed_runs(tiny):
     results = json.loads((tiny / "results.json").read_text())
     for name, entry in results["systems"].items():
         assert [run["seed"] for run in entry["runs"]] == SEEDS, name
-        for task, key in (("at", "f1"), ("at", "precision"), ("sed", "error_rate"), ("sed", "f1")):
+        for task, key in (("at", "f1"), ("at", "precision"), ("sed", "error_rate"), ("sed", "f1"), ("at", "map"),
+                          ("sed_event", "error_rate"), ("psds", "scenario2")):
             values = [run[task][key] for run in entry["runs"]]
             assert entry["mean"][task][key] == pytest.approx(np.mean(values), abs=1e-12)
             assert entry["std"][task][key] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
@@ -194,6 +211,100 @@ def test_real_data_mode_tolerates_missing_clips(tiny, tmp_path):
     assert results["claims"] == []  # one system: nothing to compare
     assert results["seeds"] == [2017] and results["systems"]["gated_crnn_attention"]["std"]["at"]["f1"] is None
     assert "One training run per system (seed 2017)" not in (out / "results.md").read_text()  # no claims table
+
+
+def _fake_evaluation_split(root: Path, reference_dir: Path, wavs: list[Path], n_clips: int) -> list[str]:
+    """Evaluation clips in the official layout: ``n_clips`` clips of the official evaluation ground truth
+    (those with a heard event), their audio borrowed from synthetic wavs, and the official weak and strong
+    ground truth restricted to them (their lines copied as they are)."""
+    from experiments.meta import clip_key, wav_name
+
+    meta = reference_dir / "dcase2017_task4" / "meta"
+    strong_lines = (meta / "groundtruth_strong_label_evaluation_set.csv").read_text().splitlines(keepends=True)
+    heard = []
+    for line in strong_lines:
+        name, onset, offset, _ = line.rstrip("\r\n").split("\t")
+        if float(offset) > float(onset) and clip_key(name) not in heard:
+            heard.append(clip_key(name))
+    chosen = heard[:n_clips]
+    for kind in ("weak", "strong"):
+        path = meta / f"groundtruth_{kind}_label_evaluation_set.csv"
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if clip_key(line.split("\t")[0]) in chosen]
+        (root / "meta" / path.name).write_text("".join(kept))
+    folder = root / "evaluation_set_formatted_audio_segments"  # the official download's folder name
+    folder.mkdir()
+    for key, wav in zip(chosen, wavs):
+        (folder / wav_name(key)).symlink_to(wav)
+    return chosen
+
+
+@pytest.mark.slow
+def test_real_data_with_the_evaluation_split(tiny, tmp_path, reference_dir, capsys):
+    """--data-root holding the evaluation split: it is packed, predicted, scored against the official
+    evaluation ground truth and reported beside the challenge's evaluation-set figures."""
+    source = tiny / "work" / "data" / "synthetic-tiny-seed2017"
+    root = tmp_path / "dcase"
+    shutil.copytree(source / "meta", root / "meta")
+    for split in ("train", "test"):
+        (root / "audio" / split).mkdir(parents=True)
+        for wav in sorted((source / "audio" / split).glob("*.wav")):
+            (root / "audio" / split / wav.name).symlink_to(wav)
+    chosen = _fake_evaluation_split(root, reference_dir, sorted((source / "audio" / "test").glob("*.wav")), 6)
+    out = tmp_path / "out"
+    assert main(["reproduce", "--size", "tiny", "--data-root", str(root), "--out", str(out), "--systems",
+                 "gated_crnn_attention", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    evaluation = results["evaluation"]
+    assert evaluation["split"] == "evaluation" and evaluation["clips_scored"] == 6
+    assert results["dataset"]["eval_audio"].endswith("evaluation_set_formatted_audio_segments")
+    assert [f["split"] for f in evaluation["challenge"]] == ["evaluation"] * len(evaluation["challenge"])
+    assert {f["at_f1"] for f in evaluation["challenge"]} >= {0.182, 0.556}
+    run = evaluation["systems"]["gated_crnn_attention"]["runs"][0]
+    assert run["seed"] == 2017 and {"at", "sed", "sed_event", "psds"} <= set(run)
+    # the scores are those of the written probability files against the restricted official ground truth
+    folder = next((out / "work" / "predictions").glob("dcase2017-*/tiny-seed2017/gated_crnn_attention/evaluation"))
+    keys, _ = E.read_at_probabilities(folder / "at_prob_mat.csv.gz")
+    assert sorted(keys) == sorted(chosen)
+    at = E.evaluate_at_file(folder / "at_prob_mat.csv.gz", root / "meta" / "groundtruth_weak_label_evaluation_set.csv")
+    sed = E.evaluate_sed_file(folder / "sed_prob_mat_list.csv.gz",
+                              root / "meta" / "groundtruth_strong_label_evaluation_set.csv")
+    # decisions at the thresholds survive the files' 6 decimals; rankings of a 2-epoch model, whose outputs
+    # are nearly constant, do not (rounding makes ties): mAP and PSDS are checked for being there only
+    assert run["at"]["f1"] == pytest.approx(at["f1"], abs=1e-12)
+    assert run["sed"]["error_rate"] == pytest.approx(sed["error_rate"], abs=1e-12)
+    assert run["sed_event"]["f1"] == pytest.approx(sed["event_based"]["f1"], abs=1e-12)
+    assert 0 <= run["at"]["map"] <= 1 and 0 <= run["psds"]["scenario1"] <= 1 and 0 <= run["psds"]["scenario2"] <= 1
+    assert (out / "evaluation" / "seed2017" / "evaluation_set" / "gated_crnn_attention.json").is_file()
+    md = (out / "results.md").read_text()
+    assert "## Our results (evaluation split: the challenge's evaluation set)" in md
+    assert "6 clips of the challenge's evaluation set scored" in md and "18.2" in md
+    # the testing split's results and the claims do not move: the same training runs as without it
+    assert results["dataset"]["test_clips_scored"] == 34
+
+    # evaluation audio without its ground truth: one line naming the missing file, before any work
+    (root / "meta" / "groundtruth_strong_label_evaluation_set.csv").unlink()
+    capsys.readouterr()
+    assert main(["reproduce", "--size", "tiny", "--data-root", str(root), "--out", str(tmp_path / "again"),
+                 "--systems", "gated_crnn_attention", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "groundtruth_strong_label_evaluation_set.csv: missing official metadata" in err
+
+
+def test_git_revision_shows_modified_sources(tmp_path):
+    from experiments.provenance import git_revision
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_revision(tmp_path) == head
+    (tmp_path / "new.txt").write_text("untracked files are not sources of the run\n")
+    assert git_revision(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_revision(tmp_path) == head + "+dirty"
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -85,6 +85,28 @@ def test_train_and_test_are_disjoint(tiny):
     assert streams["train"] != streams["test"]
 
 
+def test_synthetic_clip_names_start_with_synth_in_the_official_format(tiny, reference_dir):
+    assert synth.synthetic_clip_id("train", 123) == "synth000123"
+    assert synth.synthetic_clip_id("test", 7) == "synth500007"
+    with pytest.raises(ConfigError, match="index"):
+        synth.synthetic_clip_id("train", 100_000)
+    wavs = sorted(path.name for path in (tiny / "audio").rglob("*.wav"))
+    assert wavs and all(re.fullmatch(r"Ysynth[05]\d{5}_\d+\.000_\d+\.000\.wav", name) for name in wavs)
+    for name in wavs:
+        key = clip_key(name)
+        assert key.startswith("synth") and len(key.split("_")[0]) == 11 and wav_name(key) == name
+    for name in ("training", "testing"):
+        assert all(entry.youtube_id.startswith("synth") for entry in read_clip_list(tiny / f"meta/{name}_set.csv"))
+    weak = read_weak_labels(tiny / "meta/groundtruth_weak_label_testing_set.csv")
+    assert all(key.startswith("synth") for key in weak)
+    assert all(event.key.startswith("synth")
+               for event in read_strong_labels(tiny / "meta/groundtruth_strong_label_testing_set.csv"))
+    # no real clip of the official metadata is named like a synthetic one
+    real = read_clip_list(reference_dir / REAL_META / "training_set.csv")
+    real += read_clip_list(reference_dir / REAL_META / "testing_set.csv")
+    assert not [entry for entry in real if entry.youtube_id.startswith("synth")]
+
+
 def test_every_class_is_in_every_split_of_tiny(tiny):
     for name in ("training", "testing"):
         labels = {label for entry in read_clip_list(tiny / f"meta/{name}_set.csv") for label in entry.labels}

@@ -7,8 +7,11 @@
 CVSSP's rule: probability > threshold, else the arg-max label) or an AT submission; for ``sed``
 a ``sed_prob_mat_list.csv(.gz)`` file (events by CVSSP's smoothing) or an SED submission.
 AT is scored with the official micro P/R/F1 over (clip, label) pairs; SED with sed_eval's
-segment-based error rate and F1 on 1-s segments. The summary goes to stdout, the full results
-to ``--json`` (written atomically).
+segment-based error rate and F1 on 1-s segments. Beyond the official metrics (never the
+headline): AT mAP and macro ROC AUC (probability files), SED event-based ER and F1 with
+DCASE's collars, and with ``--psds`` the PSDS of DCASE 2021's scenarios 1 and 2 (probability
+files; docs/metrics.md). The summary goes to stdout, the full results to ``--json`` (written
+atomically).
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "or submission); a different system from CVSSP's, reported as gated")
     sed.add_argument("--gate-threshold", type=float, default=DEFAULT_THRESHOLD,
                      help=f"tagging threshold of --gate-with probabilities (default {DEFAULT_THRESHOLD})")
+    sed.add_argument("--psds", action="store_true",
+                     help="also compute the PSDS (DCASE 2021 scenarios 1 and 2, sed_scores_eval) of the frame "
+                          "probabilities with CVSSP's post-processing, over all thresholds (a probability file; "
+                          "about 20 s for the 488 testing clips)")
 
 
 def _add_common(parser: argparse.ArgumentParser, truth_help: str, pred_help: str) -> None:
@@ -90,10 +97,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--smooth and --salt must be >= 0, got {args.smooth} and {args.salt}")
         if not args.frame_step > 0:
             raise ConfigError(f"--frame-step must be > 0, got {args.frame_step}")
+        if args.psds and args.gate_with is not None:
+            raise ConfigError("--psds scores CVSSP's system over all its thresholds: it cannot be combined with "
+                              "--gate-with")
         result = evaluation.evaluate_sed_file(
             args.pred, args.truth, threshold=args.threshold, n_smooth=args.smooth, n_salt=args.salt,
             frame_step=args.frame_step, gate_path=args.gate_with, gate_threshold=args.gate_threshold,
-            submission_out=args.write_submission)
+            submission_out=args.write_submission, psds=args.psds)
         print(format_sed_summary(result))
     if args.json is not None:
         atomic_write_json(args.json, result)
@@ -124,14 +134,17 @@ def format_at_summary(result: dict) -> str:
         f"micro (official): precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
         f"F1 {result['f1']:.4f}   (TP {result['tp']}, FP {result['fp']}, FN {result['fn']})",
         "",
-        f"{'class':<33}{'P':>7}{'R':>7}{'F1':>7}{'AUC':>7}{'EER':>7}{'n_ref':>7}",
+        f"{'class':<33}{'P':>7}{'R':>7}{'F1':>7}{'AUC':>7}{'EER':>7}{'AP':>7}{'n_ref':>7}",
     ]
     for label, row in result["class_wise"].items():
         lines.append(f"{label:<33}{_cell(row['precision'])}{_cell(row['recall'])}{_cell(row['f1'])}"
-                     f"{_cell(row.get('auc'))}{_cell(row.get('eer'))}{row['n_ref']:>7}")
+                     f"{_cell(row.get('auc'))}{_cell(row.get('eer'))}{_cell(row.get('ap'))}{row['n_ref']:>7}")
     macro = result["macro"]
     lines.append(f"{'macro mean':<33}{_cell(macro['precision'])}{_cell(macro['recall'])}{_cell(macro['f1'])}"
-                 f"{_cell(macro.get('auc'))}{_cell(macro.get('eer'))}")
+                 f"{_cell(macro.get('auc'))}{_cell(macro.get('eer'))}{_cell(macro.get('ap'))}")
+    if "ap" in macro:
+        lines += ["", f"beyond the official metric (threshold-free): mAP {_cell(macro['ap'], 0, 4)}  "
+                      f"macro ROC AUC {_cell(macro['auc'], 0, 4)}"]
     oracle = result.get("oracle_thresholds")
     if oracle:
         lines += ["", f"ORACLE ({oracle['note']}):",
@@ -174,4 +187,17 @@ def format_sed_summary(result: dict) -> str:
     lines.append(f"{'class-wise mean':<33}{_cell(mean['error_rate'])}{_cell(mean['deletion_rate'])}"
                  f"{_cell(mean['insertion_rate'])}{_cell(mean['f1'])}{_cell(mean['precision'])}"
                  f"{_cell(mean['recall'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + _beyond_sed_lines(result))
+
+
+def _beyond_sed_lines(result: dict) -> list[str]:
+    """The SED metrics beyond the official one, after it: event-based values and PSDS."""
+    events = result["event_based"]
+    lines = ["", "beyond the official metric:",
+             f"  {events['metric']}: error rate {_cell(events['error_rate'], 0, 4)}  F1 {_cell(events['f1'], 0, 4)}  "
+             f"(events: reference {events['n_ref']}, system {events['n_sys']}, correct {events['n_tp']})"]
+    psds = result.get("psds")
+    if psds:
+        values = "   ".join(f"PSDS {name[-1]} {psds[name]['psds']:.4f}" for name in ("scenario1", "scenario2"))
+        lines.append(f"  {values}  ({psds['metric']}; DCASE 2021 scenarios)")
+    return lines

@@ -4,10 +4,11 @@
 2017 Task 4, packs its log-mel features, trains the paper's systems (CRNN baseline, gated
 CRNN with mean pooling, gated CRNN with attention) and a capacity-matched ablation (the gated
 CRNN without gating) with the original recipe, fuses the paper's three, scores them with the
-official metrics on the testing split and writes ``results.json``, ``results.md`` (ours beside
-the paper's reported figures) and figures under ``DIR``. ``--seeds N`` trains each system N
-times and checks the paper's orderings seed by seed. ``--data-root`` runs the same experiment
-on the real DCASE 2017 Task 4 audio.
+official metrics (and, beyond them, AT mAP/AUC, SED event-based ER/F1 and PSDS) on the testing
+split and writes ``results.json``, ``results.md`` (ours beside the paper's reported figures)
+and figures under ``DIR``. ``--seeds N`` trains each system N times and checks the paper's
+orderings seed by seed. ``--data-root`` runs the same experiment on the real DCASE 2017 Task 4
+audio, and scores the evaluation split too when its audio is there.
 
 Every stage resumes: run the same command again after an interruption and it continues
 where it stopped (data and features are checked and reused, training continues after its
@@ -37,11 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: generate the synthetic stand-in)")
     parser.add_argument("--meta-dir", metavar="DIR", default=None,
                         help="folder of the official metadata (training_set.csv, testing_set.csv, "
-                             "groundtruth_{weak,strong}_label_testing_set.csv); default DATA_ROOT/meta")
+                             "groundtruth_{weak,strong}_label_testing_set.csv, and with evaluation audio "
+                             "groundtruth_{weak,strong}_label_evaluation_set.csv); default DATA_ROOT/meta")
     parser.add_argument("--train-audio", metavar="DIR", default=None,
                         help="folder of the training wavs (with --data-root; default: found under it)")
     parser.add_argument("--test-audio", metavar="DIR", default=None,
                         help="folder of the testing wavs (with --data-root; default: found under it)")
+    parser.add_argument("--eval-audio", metavar="DIR", default=None,
+                        help="folder of the evaluation-set wavs (with --data-root; default: found under it as "
+                             "audio/evaluation, evaluation or evaluation_set_formatted_audio_segments; without "
+                             "one, only the testing split is scored)")
     parser.add_argument("--huge-pages", action="store_true",
                         help="run with glibc's malloc asking for transparent huge pages (GLIBC_TUNABLES="
                              "glibc.malloc.hugetlb=1): faster CPU training (fewer page faults), same results")
@@ -88,6 +94,12 @@ def run(args: argparse.Namespace) -> int:
     for name, system in results["systems"].items():
         at, sed = system["mean"]["at"], system["mean"]["sed"]
         print(f"  {name:<22} AT micro F1 {at['f1']:.3f}   SED segment ER {sed['error_rate']:.3f}  F1 {sed['f1']:.3f}")
+    if results["evaluation"] is not None:
+        print(f"  evaluation split ({results['evaluation']['clips_scored']} clips):")
+        for name, system in results["evaluation"]["systems"].items():
+            at, sed = system["mean"]["at"], system["mean"]["sed"]
+            print(f"  {name:<22} AT micro F1 {at['f1']:.3f}   SED segment ER {sed['error_rate']:.3f}  "
+                  f"F1 {sed['f1']:.3f}")
     for claim in results["claims"]:
         print(f"  {claim['verdict']:<14} ({claim['holds_in']}/{claim['seeds']} seeds) {claim['system']} vs "
               f"{claim['against']}, {claim['metric']}")

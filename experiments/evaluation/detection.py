@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -63,6 +64,38 @@ def _sed_eval_items(events: Sequence[Event]) -> list[dict]:
     return [{"filename": event.key, "event_onset": float(event.onset), "event_offset": float(event.offset),
              "event_label": event.label} for event in events]
 
+@dataclass
+class _Scoring:
+    """Events of a scoring, grouped by clip: every reference clip, the reference's labels, and the
+    predicted events those labels cover (the others are counted, not scored)."""
+
+    files: list[str]
+    labels: list[str]
+    by_file: dict[str, tuple[list[Event], list[Event]]]
+    n_events: int
+    n_reference_events: int
+    n_unscorable: int
+
+
+def _scoring(events: Sequence[Event], truth_events: Sequence[Event]) -> _Scoring:
+    """Canonical keys, the reference's clips and sorted label list (the official script's), and
+    events grouped by clip; refuses predicted clips absent from the reference."""
+    truth_events = [Event(clip_key(e.key), e.onset, e.offset, e.label) for e in truth_events]
+    events = [Event(clip_key(e.key), e.onset, e.offset, e.label) for e in events]
+    if not truth_events:
+        raise InputError("the reference has no events")
+    files = sorted({event.key for event in truth_events})
+    labels = sorted({event.label for event in truth_events})
+    check_clip_sets(sorted({event.key for event in events}), files, allow_missing=True)
+    scorable = [event for event in events if event.label in labels]
+    by_file: dict[str, tuple[list[Event], list[Event]]] = {key: ([], []) for key in files}
+    for event in truth_events:
+        by_file[event.key][0].append(event)
+    for event in scorable:
+        by_file[event.key][1].append(event)
+    return _Scoring(files, labels, by_file, len(events), len(truth_events), len(events) - len(scorable))
+
+
 def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
                  time_resolution: float = SEGMENT_SEC) -> dict:
     """Official segment-based SED metrics (sed_eval ``SegmentBasedMetrics``) of events against the reference.
@@ -81,42 +114,82 @@ def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
     """
     if not time_resolution > 0:
         raise InputError(f"time_resolution must be > 0, got {time_resolution}")
-    truth_events = [Event(clip_key(e.key), e.onset, e.offset, e.label) for e in truth_events]
-    events = [Event(clip_key(e.key), e.onset, e.offset, e.label) for e in events]
-    if not truth_events:
-        raise InputError("the reference has no events")
-    files = sorted({event.key for event in truth_events})
-    labels = sorted({event.label for event in truth_events})  # the official script's list: sorted
-    check_clip_sets(sorted({event.key for event in events}), files, allow_missing=True)
-    scorable = [event for event in events if event.label in labels]
-
-    by_file: dict[str, tuple[list[Event], list[Event]]] = {key: ([], []) for key in files}
-    for event in truth_events:
-        by_file[event.key][0].append(event)
-    for event in scorable:
-        by_file[event.key][1].append(event)
-
+    scoring = _scoring(events, truth_events)
     sed_eval = _import_sed_eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        metrics = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels,
+        metrics = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=scoring.labels,
                                                            time_resolution=float(time_resolution))
-        for key in files:
-            reference, estimated = by_file[key]
+        for key in scoring.files:
+            reference, estimated = scoring.by_file[key]
             metrics.evaluate(reference_event_list=_sed_eval_items(reference),
                              estimated_event_list=_sed_eval_items(estimated))
-        overall = metrics.results_overall_metrics()
+    return {"task": "sound_event_detection",
+            "metric": f"segment-based, {time_resolution:g}-s segments (sed_eval SegmentBasedMetrics)",
+            "time_resolution": float(time_resolution)} | _overall(metrics, scoring, _SEGMENT_COUNTS,
+                                                                    metrics.evaluated_length_seconds)
 
-    counts = {name: int(round(float(metrics.overall[name]))) for name in ("S", "D", "I", "Nref", "Nsys", "Ntp")}
+
+#: Collars of the event-based metric: onset within 200 ms, offset within max(200 ms, 20 % of the
+#: reference event's length). DCASE 2017 Task 4 defined no event-based metric (its official
+#: subtask B script scores 1-s segments only); these are DCASE 2018 Task 4's, kept by its
+#: successors (see docs/metrics.md).
+EVENT_T_COLLAR: float = 0.2
+EVENT_PERCENTAGE_OF_LENGTH: float = 0.2
+
+
+def evaluate_sed_events(events: Sequence[Event], truth_events: Sequence[Event], t_collar: float = EVENT_T_COLLAR,
+                        percentage_of_length: float = EVENT_PERCENTAGE_OF_LENGTH) -> dict:
+    """Event-based SED metrics (sed_eval ``EventBasedMetrics``, onsets and offsets) of events against
+    the reference: beyond the official metric, not part of the challenge's scoring.
+
+    Same clips, label list and refusals as :func:`evaluate_sed`. A predicted event matches a
+    reference event of its label when its onset is within ``t_collar`` seconds and its offset
+    within ``max(t_collar, percentage_of_length * reference length)`` (sed_eval's optimal
+    matching; a system without output scores 0, DCASE's ``zero_score``). Reference rows with
+    onset = offset = 0 ("tagged but not heard") are not events here: they are left out and
+    counted in ``n_reference_rows_without_extent``. Returns the same keys as :func:`evaluate_sed`,
+    counts in events.
+    """
+    if not t_collar >= 0 or not percentage_of_length >= 0:
+        raise InputError(f"collars must be >= 0, got {t_collar} and {percentage_of_length}")
+    scoring = _scoring(events, truth_events)
+    sed_eval = _import_sed_eval()
+    without_extent = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = sed_eval.sound_event.EventBasedMetrics(
+            event_label_list=scoring.labels, evaluate_onset=True, evaluate_offset=True, t_collar=float(t_collar),
+            percentage_of_length=float(percentage_of_length), empty_system_output_handling="zero_score")
+        for key in scoring.files:
+            reference, estimated = scoring.by_file[key]
+            heard = [event for event in reference if event.offset > event.onset]
+            without_extent += len(reference) - len(heard)
+            metrics.evaluate(reference_event_list=_sed_eval_items(heard),
+                             estimated_event_list=_sed_eval_items(estimated))
+    metric = (f"event-based, onset collar {1000 * t_collar:g} ms, offset collar max({1000 * t_collar:g} ms, "
+              f"{100 * percentage_of_length:g} % of the reference length) (sed_eval EventBasedMetrics)")
+    return ({"task": "sound_event_detection", "metric": metric, "t_collar": float(t_collar),
+             "percentage_of_length": float(percentage_of_length)}
+            | _overall(metrics, scoring, _EVENT_COUNTS, metrics.evaluated_length)
+            | {"n_reference_rows_without_extent": without_extent})
+
+
+#: sed_eval's names of the overall counts S, D, I, Nref, Nsys, Ntp: segment-based, event-based
+_SEGMENT_COUNTS = ("S", "D", "I", "Nref", "Nsys", "Ntp")
+_EVENT_COUNTS = ("Nsubs", "Nfn", "Nfp", "Nref", "Nsys", "Ntp")
+
+
+def _overall(metrics, scoring: _Scoring, count_names: tuple[str, ...], evaluated_seconds: float) -> dict:
+    """Overall and class-wise values of a filled sed_eval metrics object (segments or events)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        overall = metrics.results_overall_metrics()
+    counts = dict(zip(_SEGMENT_COUNTS, (int(round(float(metrics.overall[name]))) for name in count_names)))
     defined = counts["Nref"] > 0
-    result = {
-        "task": "sound_event_detection",
-        "metric": f"segment-based, {time_resolution:g}-s segments (sed_eval SegmentBasedMetrics)",
-        "time_resolution": float(time_resolution),
-        "error_rate": float(overall["error_rate"]["error_rate"]) if defined else None,
-        "substitution_rate": float(overall["error_rate"]["substitution_rate"]) if defined else None,
-        "deletion_rate": float(overall["error_rate"]["deletion_rate"]) if defined else None,
-        "insertion_rate": float(overall["error_rate"]["insertion_rate"]) if defined else None,
+    rates = {name: float(overall["error_rate"][name]) if defined else None
+             for name in ("error_rate", "substitution_rate", "deletion_rate", "insertion_rate")}
+    result = rates | {
         # sed_eval's F-measure; it is NaN for a system without output, whose F1 is 0 (2TP/(Nref+Nsys)).
         "f1": _finite(overall["f_measure"]["f_measure"],
                       f1(counts["Ntp"], counts["Nsys"] - counts["Ntp"], counts["Nref"] - counts["Ntp"])),
@@ -124,19 +197,20 @@ def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
         "recall": _finite(overall["f_measure"]["recall"]) if defined else None,
         "S": counts["S"], "D": counts["D"], "I": counts["I"],
         "n_ref": counts["Nref"], "n_sys": counts["Nsys"], "n_tp": counts["Ntp"],
-        "n_files": len(files),
-        "evaluated_seconds": float(metrics.evaluated_length_seconds),
-        "n_events": len(events),
-        "n_reference_events": len(truth_events),
-        "n_events_outside_reference_labels": len(events) - len(scorable),
-        "labels": labels,
-        "class_wise": {label: _class_wise_sed(metrics.class_wise[label]) for label in class_order(labels)},
+        "n_files": len(scoring.files),
+        "evaluated_seconds": float(evaluated_seconds),
+        "n_events": scoring.n_events,
+        "n_reference_events": scoring.n_reference_events,
+        "n_events_outside_reference_labels": scoring.n_unscorable,
+        "labels": scoring.labels,
+        "class_wise": {label: _class_wise_sed(metrics.class_wise[label]) for label in class_order(scoring.labels)},
     }
     result["class_wise_average"] = {
         name: mean([row[name] for row in result["class_wise"].values()])
         for name in ("error_rate", "deletion_rate", "insertion_rate", "f1", "precision", "recall")
     }
     return result
+
 
 def _finite(value: float, fallback: float | None = None) -> float | None:
     value = float(value)

@@ -13,10 +13,11 @@ from experiments.meta import CLASSES, clip_key
 from experiments.provenance import versions
 
 from .common import check_clip_sets
-from .detection import evaluate_sed, frames_to_events
+from .detection import evaluate_sed, evaluate_sed_events, frames_to_events
 from .formats import (AT_PROBABILITIES, SED_PROBABILITIES, SUBMISSION, detect_prediction_format,
                       read_at_probabilities, read_at_submission, read_at_truth, read_sed_probabilities,
                       read_sed_submission, read_sed_truth, write_at_submission, write_sed_submission)
+from .psds import evaluate_psds
 from .tagging import decisions_to_tags, evaluate_at, evaluate_at_tags, threshold_report
 
 
@@ -76,19 +77,24 @@ def evaluate_sed_file(pred_path: str | os.PathLike, truth_path: str | os.PathLik
                       n_smooth: int = DEFAULT_N_SMOOTH, n_salt: int = DEFAULT_N_SALT,
                       frame_step: float = FRAME_STEP_SEC, gate_path: str | os.PathLike | None = None,
                       gate_threshold: float | Sequence[float] = DEFAULT_THRESHOLD,
-                      submission_out: str | os.PathLike | None = None) -> dict:
+                      submission_out: str | os.PathLike | None = None, psds: bool = False) -> dict:
     """Score a frame-probability file (post-processed as CVSSP) or an SED submission against strong labels.
 
     A probability file must cover exactly the reference's clips; a submission may omit clips
     (no events). ``gate_path`` (AT probabilities or submission) keeps only the events of the
     clip's tagged classes: a different system from CVSSP's, reported as such. Writes the
-    events as an SED submission to ``submission_out`` when given.
+    events as an SED submission to ``submission_out`` when given. Beside the official
+    segment-based result, ``event_based`` holds the event-based metrics and, with ``psds``
+    (a probability file, not gated), ``psds`` the PSDS of both DCASE 2021 scenarios.
     """
+    if psds and gate_path is not None:
+        raise InputError("PSDS scores CVSSP's system over all its thresholds: it cannot be gated by AT decisions")
     truth = read_sed_truth(truth_path)
     files = sorted({event.key for event in truth})
     gate = tags_from_file(gate_path, files, gate_threshold) if gate_path is not None else None
     kind = detect_prediction_format(pred_path)
     settings: dict = {}
+    extra: dict = {}
     with _problems_of(pred_path):
         if kind == SED_PROBABILITIES:
             keys, frame_probs = read_sed_probabilities(pred_path)
@@ -98,18 +104,23 @@ def evaluate_sed_file(pred_path: str | os.PathLike, truth_path: str | os.PathLik
                                                     labels=None if gate is None else frozenset(gate[key]))]
             settings = {"threshold": threshold_report(class_thresholds(threshold, len(CLASSES)), CLASSES),
                         "n_smooth": n_smooth, "n_salt": n_salt, "frame_step": frame_step}
+            extra = {"psds": evaluate_psds(keys, frame_probs, truth, n_smooth, n_salt, frame_step)} if psds else {}
         elif kind == SUBMISSION:
+            if psds:
+                raise InputError("a submission has no scores: PSDS needs a frame-probability file")
             events = read_sed_submission(pred_path)
             if gate is not None:
                 events = [event for event in events if event.label in gate.get(event.key, ())]
         else:
             raise InputError("clip-level probabilities (one line per clip) given for sound event "
                              "detection: use `evaluate at`, or a sed_prob_mat_list file")
-        result = evaluate_sed(events, truth)
+        result = evaluate_sed(events, truth) | {"event_based": evaluate_sed_events(events, truth)}
     if submission_out is not None:
         write_sed_submission(submission_out, events, files)
     gating = {"gated_by_at": os.fspath(gate_path) if gate_path is not None else None}
     if gate_path is not None:
         gating["note"] = "events kept only for the clip's tagged classes: not CVSSP's system"
     return ({"prediction_format": kind, "pred": os.fspath(pred_path), "truth": os.fspath(truth_path)}
-            | settings | gating | result | {"versions": versions(packages=("numpy", "sed_eval", "dcase_util"))})
+            | settings | gating | result | extra
+            | {"versions": versions(packages=("numpy", "sed_eval", "dcase_util"),
+                                    extra=("sed_scores_eval", "pandas") if psds else ())})

@@ -4,7 +4,9 @@ Micro-averaged precision, recall and F1 over (clip, label) pairs against the wea
 predicted label found in the clip's reference counts once as a true positive, and a second
 copy of the same pair counts as a false positive. Probabilities become tags with CVSSP's rule
 (:func:`devinet.postprocessing.at_decisions`). CVSSP's report adds per-class P/R/F, AUC and EER
-(scikit-learn), and their means. A per-class threshold search on the scored set itself is an
+(scikit-learn), and their means. Beyond the paper's metrics, the threshold-free ranking ones:
+per-class average precision (scikit-learn ``average_precision_score``) and its macro mean, the
+mAP, beside the macro ROC AUC. A per-class threshold search on the scored set itself is an
 oracle, and is reported as one.
 """
 
@@ -130,8 +132,13 @@ def equal_error_rate(scores: np.ndarray, targets: np.ndarray) -> float | None:
     return float(fpr[i - 1] + share * (fpr[i] - fpr[i - 1]))
 
 def ranking_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str] = CLASSES) -> dict[str, dict]:
-    """Per-class ROC AUC and EER (scikit-learn) of ``(N, K)`` scores against ``(N, K)`` 0/1 targets."""
-    from sklearn.metrics import roc_auc_score
+    """Per-class ROC AUC, EER and average precision (scikit-learn) of ``(N, K)`` scores against
+    ``(N, K)`` 0/1 targets.
+
+    AUC and EER are None for a class whose targets are all 0 or all 1; AP is None for a class
+    without a positive clip (scikit-learn would warn and give 0), and 1 when every clip is positive.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     result = {}
     for k, label in enumerate(classes):
@@ -140,6 +147,7 @@ def ranking_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequence[st
         result[label] = {
             "auc": float(roc_auc_score(column, probs[:, k])) if defined else None,
             "eer": equal_error_rate(probs[:, k], column),
+            "ap": float(average_precision_score(column, probs[:, k])) if column.any() else None,
         }
     return result
 
@@ -180,7 +188,8 @@ def evaluate_at(probs: np.ndarray, keys: Sequence[str], truth: Mapping[str, froz
     probs: ``(N, K)``; keys: the N clip names (any accepted form), exactly the clips of
     ``truth`` (key -> labels). Tags follow CVSSP's rule (:func:`at_decisions`). The result holds
     the official micro ``precision``/``recall``/``f1`` (with ``tp``/``fp``/``fn``), ``class_wise``
-    P/R/F1/AUC/EER, their ``macro`` means, and with ``tune`` an ``oracle_thresholds`` section.
+    P/R/F1/AUC/EER/AP, their ``macro`` means (``macro["ap"]``: the mAP; means over the classes
+    where a value is defined), and with ``tune`` an ``oracle_thresholds`` section.
     """
     probs = check_matrix(probs, len(classes), "probs")
     keys = [clip_key(key) for key in keys]
@@ -194,7 +203,7 @@ def evaluate_at(probs: np.ndarray, keys: Sequence[str], truth: Mapping[str, froz
     targets = _truth_matrix(keys, truth, classes)
     for label, ranking in ranking_metrics(probs, targets, classes).items():
         result["class_wise"][label] |= ranking
-    for name in ("auc", "eer"):
+    for name in ("auc", "eer", "ap"):  # macro "ap" is the mAP
         result["macro"][name] = mean([row[name] for row in result["class_wise"].values()])
     if tune:
         tuned = tune_thresholds(probs, targets)
