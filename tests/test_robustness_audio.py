@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from devinet import features as F
+from devinet import limits
 from devinet.cli import main
 from experiments import packing as P
 
@@ -158,7 +159,7 @@ def test_torch_backend_packs_and_skips_the_same_clips(bad_folder, packed, tmp_pa
 
 def test_clip_too_long_to_decode_is_skipped_not_fatal(bad_folder, tmp_path, monkeypatch):
     """A clip whose decoding would exhaust memory is skipped on record before it is decoded."""
-    monkeypatch.setattr(P, "MAX_SECONDS", 60.0)
+    monkeypatch.setattr(limits, "MAX_CLIP_SECONDS", 60.0)
     result = P.pack_split(bad_folder, tmp_path / "x.h5", jobs=1, chunk_size=4, progress=False)
     reasons = {s.key: (s.kind, s.detail) for s in result.skipped}
     kind, detail = reasons["very_long_10min"]

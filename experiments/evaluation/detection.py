@@ -64,10 +64,11 @@ def _sed_eval_items(events: Sequence[Event]) -> list[dict]:
              "event_label": event.label} for event in events]
 
 def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
-                 time_resolution: float = SEGMENT_SEC) -> dict:
+                 time_resolution: float = SEGMENT_SEC, clips: Sequence[str] = ()) -> dict:
     """Official segment-based SED metrics (sed_eval ``SegmentBasedMetrics``) of events against the reference.
 
-    Every clip of ``truth_events`` is evaluated (a clip without predicted events counts its
+    Every clip of ``truth_events``, and of ``clips`` (clips of the evaluated set without any
+    reference event: valid negatives, where every predicted event is an insertion), is evaluated (a clip without predicted events counts its
     active reference segments as deletions), over the reference's label list, each clip's
     length being its largest reference or predicted offset (sed_eval's default, as the official
     script). Reference rows with onset = offset = 0 put their clip and label in the evaluation
@@ -85,7 +86,7 @@ def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
     events = [Event(clip_key(e.key), e.onset, e.offset, e.label) for e in events]
     if not truth_events:
         raise InputError("the reference has no events")
-    files = sorted({event.key for event in truth_events})
+    files = sorted({event.key for event in truth_events} | {clip_key(key) for key in clips})
     labels = sorted({event.label for event in truth_events})  # the official script's list: sorted
     check_clip_sets(sorted({event.key for event in events}), files, allow_missing=True)
     scorable = [event for event in events if event.label in labels]
