@@ -208,9 +208,11 @@ def _extract_chunk(index: int, clips: list[tuple[str, str | None]], resampler: s
 def _clip_failures(key: str, skipped: list[Skipped]) -> Iterator[None]:
     """Record any failure of one clip in ``skipped`` (with its reason) instead of ending the run:
     an AudioFileError with its kind, anything else (a bug, a MemoryError) as "unreadable" with
-    the exception's type and first line."""
+    the exception's type and first line. Overflows (samples near 1e308) are not warned about:
+    their non-finite features are the clip's record."""
     try:
-        yield
+        with np.errstate(over="ignore", invalid="ignore"):
+            yield
     except AudioFileError as exc:
         skipped.append(Skipped(key, exc.kind, exc.problem))
     except Exception as exc:  # noqa: BLE001 - one clip must not lose the others

@@ -67,6 +67,7 @@ def read_keras3(path: str | os.PathLike) -> KerasFile:
             config = _json_member(path, archive, "config.json")
             if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
                 raise FileFormatError(path, "config.json does not describe a model")
+            specs = _guarded(path, lambda: _config_layers(path, config))
             version = _version(path, archive)
             data = _member(path, archive, "model.weights.h5", MAX_ARCHIVE_MEMBER_BYTES)
     except zipfile.BadZipFile:
@@ -78,7 +79,7 @@ def read_keras3(path: str | os.PathLike) -> KerasFile:
     except OSError as exc:
         raise FileFormatError(path, f"model.weights.h5 is not an HDF5 file ({exc})") from None
     with handle:
-        return _guarded(path, lambda: _from_weights(path, handle, config, "keras3", version))
+        return _guarded(path, lambda: _from_weights(path, handle, specs, "keras3", version))
 
 
 def _guarded(path: Path, read):
@@ -134,16 +135,17 @@ def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
 
 
-def _from_weights(path: Path, handle, config: dict | None, kind: str, version: str) -> KerasFile:
+def _from_weights(path: Path, handle, specs: list | None, kind: str, version: str) -> KerasFile:
+    """The file's layers from its weights; ``specs`` (name, class, config) of config.json's layers, or
+    None for a weights file without config (classes then come from the group names)."""
     if "layers" not in handle:
         raise FileFormatError(path, "not a Keras 3 weights file (no 'layers' group)")
     if len(handle["layers"]) > MAX_LAYERS:
         raise FileFormatError(path, f"{len(handle['layers']):,} layer groups; no model of the family has more than "
                                     f"{MAX_LAYERS:,} layers")
     groups = _group_names(handle)
-    if config is not None:
-        specs = _config_layers(path, config)
-    else:
+    has_config = specs is not None
+    if specs is None:
         specs = sorted(((name, _CLASS_OF_GROUP.get(re.sub(r"_\d+$", "", g.rpartition("/")[2])), None)
                         for name, g in groups.items()), key=lambda s: canonical_sort_key(s[0]))
     layers, input_shape = [], None
@@ -156,7 +158,7 @@ def _from_weights(path: Path, handle, config: dict | None, kind: str, version: s
         if cls == "InputLayer" and cfg and cfg.get("batch_shape"):
             input_shape = tuple(cfg["batch_shape"][1:])
     return KerasFile(path=path, kind=kind, layers=layers, backend=None, keras_version=version,
-                     has_config=config is not None, input_shape=input_shape, notes=list(reader.notes))
+                     has_config=has_config, input_shape=input_shape, notes=list(reader.notes))
 
 
 def _config_layers(path: Path, config: dict) -> list[tuple[Any, str, dict]]:
@@ -343,4 +345,7 @@ def load_keras_model(path: str | os.PathLike, preset: str | None = None, config:
     except DevinetError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever Keras raises when it refuses or fails to load a file
-        raise FileFormatError(path, f"Keras refuses to load it ({first_line(exc, with_type=True)})") from None
+        # Keras wraps the refusal of a layer in its model's: the innermost reason says what is wrong.
+        reason = str(exc).rpartition("Exception encountered: ")[2]
+        raise FileFormatError(path, f"Keras refuses to load it ({type(exc).__name__}: "
+                                    f"{first_line(Exception(reason))})") from None

@@ -100,7 +100,7 @@ def _parse_probability_rows(path: str | os.PathLike, n_classes: int) -> tuple[li
     outside = ~((values >= 0.0) & (values <= 1.0))  # also catches NaN
     if outside.any():
         row, column = np.argwhere(outside)[0]
-        raise FileFormatError(path, f"line {line_numbers[row]}: probability {values[row, column]!r} "
+        raise FileFormatError(path, f"line {line_numbers[row]}: probability {float(values[row, column])!r} "
                                     f"of class {column + 1} is outside [0, 1]")
     return keys, line_numbers, values
 
