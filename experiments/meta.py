@@ -175,13 +175,14 @@ def read_listed_clips(path: str | os.PathLike) -> list[str]:
 def read_clip_labels(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """Clip key -> labels from either a clip list (comma-separated) or a weak-label file (TAB).
 
-    The format is recognised from the first data line (a TAB means a weak-label file). Weak
-    labels are returned in the official class order, clip-list labels in file order.
+    The format is recognised from the first data line: a TAB, or a name alone (no comma: a
+    clip without labels), means a weak-label file. Weak labels are returned in the official
+    class order, clip-list labels in file order.
     """
     first = next((line for _, line in text_lines(path) if line.strip() and not line.startswith("#")), None)
     if first is None:
         raise FileFormatError(path, "no clips listed")
-    if "\t" in first:
+    if "\t" in first or "," not in first:
         order = {label: index for index, label in enumerate(CLASSES)}
         return {key: tuple(sorted(labels, key=lambda label: (order.get(label, len(order)), label)))
                 for key, labels in read_weak_labels(path).items()}
