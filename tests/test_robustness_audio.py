@@ -279,7 +279,8 @@ def test_hostile_clip_is_skipped_on_record_and_the_run_goes_on(case, hostile_run
     assert np.isfinite(P.load_packed(out).features).all()
 
 
-def test_any_failure_of_one_clip_is_recorded_and_the_others_packed(bad_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("case", ["c9-unforeseen_exception_in_one_clip"])  # the id counts the case in its class
+def test_any_failure_of_one_clip_is_recorded_and_the_others_packed(case, bad_folder, tmp_path, monkeypatch):
     """Not only the audio errors foreseen: an unexpected exception in one clip's extraction is that
     clip's skip reason (the run keeps every other clip)."""
     real = P.extract_logmel
@@ -297,7 +298,8 @@ def test_any_failure_of_one_clip_is_recorded_and_the_others_packed(bad_folder, t
 
 
 @pytest.mark.slow
-def test_a_folder_of_hostile_clips_only_is_one_line_within_a_memory_limit(reference_dir, tmp_path,
+@pytest.mark.parametrize("case", ["c9-folder_of_hostile_clips_only"])
+def test_a_folder_of_hostile_clips_only_is_one_line_within_a_memory_limit(case, reference_dir, tmp_path,
                                                                           limited_devinet):
     """c9/c1: nothing packable, not even the 1-Hz clip that would resample to 16 million samples:
     one line naming the folder, under a 2 GiB address-space limit, peak resident memory under 1 GiB."""

@@ -310,6 +310,14 @@ def test_hostile_model_file_is_refused_in_one_line(case, k208, tmp_path, capsys)
     assert stdout == "" and leftovers(out.parent, set()) == []
 
 
+def test_the_guarantees_quote_every_limit():
+    """docs/guarantees.md states each limit of devinet/limits.py, by name and value."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guarantees.md").read_text()
+    for name, value in vars(limits).items():
+        if name.startswith(("MAX_", "MIN_")):
+            assert f"`{name}`" in text and f"{int(value):,}" in text, name
+
+
 def test_the_untouched_bases_convert(k208, tmp_path, capsys):
     """The controls: the genuine files the c1-c4 cases damage convert, so each refusal is the damage's."""
     for name in (AT_MODEL, AT_WEIGHTS):
@@ -364,7 +372,8 @@ def test_float8_checkpoint_weights_are_checked_not_crashed_on(values, outcome, k
 
 
 # ---------------------------------------------------------------------- c7: dangling symlink
-def test_dangling_symlink_destination_is_refused_unless_forced(k208, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["c7-dangling_symlink_destination"])  # the id counts the case in its class
+def test_dangling_symlink_destination_is_refused_unless_forced(case, k208, tmp_path, capsys):
     link = tmp_path / "model.pt"
     link.symlink_to(tmp_path / "elsewhere" / "target.pt")
     code, _, err = cli(["convert", k208 / W, link], capsys)
@@ -521,7 +530,8 @@ def test_hostile_keras3_archive_is_refused_in_one_line(case, keras_file, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.keras
-def test_lambda_in_a_keras3_archive_is_refused_in_one_line_and_never_run(keras_file, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["c5-keras3_lambda_layer"])
+def test_lambda_in_a_keras3_archive_is_refused_in_one_line_and_never_run(case, keras_file, tmp_path, capsys):
     marker = tmp_path / "marker"
     src = tmp_path / "model.keras"
     _keras_config_edit(_lambda_instead_of("gcnn_0_glu", marker))(keras_file, src)
@@ -533,7 +543,8 @@ def test_lambda_in_a_keras3_archive_is_refused_in_one_line_and_never_run(keras_f
 
 @pytest.mark.slow
 @pytest.mark.keras
-def test_keras3_write_past_the_file_size_limit_is_one_line(keras, k208, tmp_path, limited_devinet):
+@pytest.mark.parametrize("case", ["c6-keras3_archive_keras_save"])
+def test_keras3_write_past_the_file_size_limit_is_one_line(case, keras, k208, tmp_path, limited_devinet):
     src = devinet.save(keras_to_torch(k208 / W).model, tmp_path / "model.pt")
     out = tmp_path / "out"
     out.mkdir()
