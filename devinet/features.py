@@ -207,8 +207,9 @@ def check_sample_rate(rate: int) -> None:
                          f"{limits.MAX_SAMPLE_RATE:,} Hz accepted")
 
 
-def check_audio_file(path: str | os.PathLike):
-    """What a sound file's header declares (``soundfile.info``), checked before anything is decoded.
+def check_audio_file(path: str | os.PathLike) -> object:
+    """What a sound file's header declares (``soundfile.info``, returned), checked before anything
+    is decoded.
 
     Raises :class:`AudioFileError`: "missing" (no such file, or a link to nothing), "empty"
     (0 bytes), "unreadable" (not a regular file: a FIFO would block the reader forever; no

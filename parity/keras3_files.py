@@ -104,9 +104,7 @@ def _member(path: Path, archive: zipfile.ZipFile, name: str, limit: int) -> byte
                                     f"family needs more than {limit:,}")
     try:
         return archive.read(info)
-    except RuntimeError as exc:  # an encrypted member
-        raise FileFormatError(path, f"{name} cannot be read ({first_line(exc)})") from None
-    except NotImplementedError as exc:  # a compression method zipfile does not know
+    except RuntimeError as exc:  # an encrypted member; NotImplementedError: an unknown compression method
         raise FileFormatError(path, f"{name} cannot be read ({first_line(exc)})") from None
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError) as exc:
         raise FileFormatError(path, f"{name} is damaged ({first_line(exc, with_type=True)})") from None

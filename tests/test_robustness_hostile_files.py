@@ -14,7 +14,6 @@ the refusal must come, in one line, well inside it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import zipfile

@@ -91,8 +91,8 @@ CASES = {
                                               _genuine_plus(WEAK, f"{CLIP}.wav\t-inf\tinf\tTrain horn"),
                                               "expected name<TAB>start<TAB>end<TAB>label"),
     "c8-nan_probability": ("at", "pred", "at_prob_mat.csv",
-                           _genuine_plus(AT_PROBS, "Yzzzzzzzzzzz_0.000_10.000.wav\t" + "\t".join(["nan"] + ["0.5"] * 16),
-                                         "start"),
+                           _genuine_plus(AT_PROBS, "Yzzzzzzzzzzz_0.000_10.000.wav\t"
+                                         + "\t".join(["nan"] + ["0.5"] * 16), "start"),
                            "probability nan of class 1 is outside [0, 1]"),
     "c8-infinite_start_in_a_clip_list": ("features", "meta", "training_set.csv",
                                          _genuine_plus(TRAIN_LIST, 'abcdefghijk,inf,10.000,"Train","/m/07jdr"'),
