@@ -77,7 +77,7 @@ def test_a_testing_clip_without_labels_is_scored_as_a_negative(run):
     assert code == 0, printed
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"]["test_clips_scored"] == 4
-    scores = json.loads((out / "evaluation" / "gated_crnn_mean.json").read_text())
+    scores = json.loads(next((out / "evaluation").rglob("gated_crnn_mean.json")).read_text())  # seed folder or not
     assert scores["sed"]["n_files"] == 4  # the negative clip is one of the evaluated clips
     assert scores["at"]["fp"] >= 1  # CVSSP's rule always tags a clip: the negative's tag is a false positive
 
