@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -12,13 +13,24 @@ from typing import Iterator
 from .errors import FileFormatError, MissingDependencyError
 
 
+#: errors of a write that the file system refused: disk full, file-size limit, quota, read-only, I/O
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO})
+#: bytes appended to a temporary file to tell whether its file system still takes data
+_PROBE_BYTES = 1 << 16
+
+
 def check_destination(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse a destination that exists (unless ``force``), is a directory or cannot be written."""
+    """Refuse a destination that exists (unless ``force``), is a directory or cannot be written.
+
+    A symbolic link is a destination that exists, even when it points nowhere: without
+    ``force`` it is never replaced.
+    """
     path = Path(path)
     if path.is_dir():
         raise FileFormatError(path, "destination is a directory")
-    if path.exists() and not force:
-        raise FileFormatError(path, "destination exists (use --force to overwrite)")
+    if os.path.lexists(path) and not force:
+        what = "is a symbolic link to a missing file" if not path.exists() else "exists"
+        raise FileFormatError(path, f"destination {what} (use --force to overwrite)")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileFormatError(path, f"destination folder {parent} does not exist")
@@ -33,7 +45,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
     The temporary file lives in the destination folder (same file system, so the final
     ``os.replace`` is atomic). On any exception, including KeyboardInterrupt, it is removed,
-    so a reader never sees a partial file at ``path``.
+    so a reader never sees a partial file at ``path``. A write the file system refuses (disk
+    full, file-size limit, quota), however the writing library reports it, becomes one
+    FileFormatError naming ``path``.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(
@@ -51,10 +65,40 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             os.replace(tmp_path, path)
         except OSError as exc:  # named after the destination, not the temporary file
             raise FileFormatError(path, f"cannot be written ({exc.strerror or exc})") from None
-    except BaseException:
+    except BaseException as exc:
+        refused = _refused_write(exc, tmp_path) if isinstance(exc, (OSError, RuntimeError)) else None
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if refused:
+            raise FileFormatError(path, f"cannot be written ({refused})") from None
         raise
+
+
+def _refused_write(exc: BaseException, tmp: Path) -> str | None:
+    """Why the file system refused a write, if that is what ``exc`` (or its cause) is; else None.
+
+    Libraries report such a failure in their own words (torch: "unexpected pos 576 vs 534"):
+    when the exception carries no errno, a probe appends a few bytes to the temporary file.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # the exception and the ones it came from
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in _WRITE_ERRNOS:
+            return os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    try:
+        fd = os.open(tmp, os.O_WRONLY)
+    except OSError:
+        return None
+    try:
+        end = os.fstat(fd).st_size
+        written = os.pwrite(fd, bytes(_PROBE_BYTES), end)
+        return None if written == _PROBE_BYTES else os.strerror(errno.ENOSPC)
+    except OSError as probe:
+        return probe.strerror if probe.errno in _WRITE_ERRNOS else None
+    finally:
+        os.close(fd)
 
 
 def _current_umask() -> int:

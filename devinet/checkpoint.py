@@ -178,8 +178,14 @@ def check_state_dict(expected: dict[str, torch.Tensor], state: dict[Any, Any], s
             problems.append(f"{key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
         elif value.is_floating_point() != target.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             problems.append(f"{key} has dtype {value.dtype}, expected {target.dtype}")
-        elif value.is_floating_point() and not allow_nonfinite and not torch.isfinite(value).all():
+        elif value.is_floating_point() and not allow_nonfinite and not _all_finite(value):
             problems.append(f"{key} holds NaN or infinite values")
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise FileFormatError(source, f"weights do not fit the model: {shown}")
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """No NaN or infinity in a floating tensor of any type: torch has no ``isfinite`` for its
+    one-byte float8 types, whose values float32 holds exactly."""
+    return bool(torch.isfinite(value.float() if value.element_size() == 1 else value).all())

@@ -32,12 +32,14 @@ from __future__ import annotations
 import functools
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 import torch
 
+from . import limits
 from .errors import FileFormatError, InputError, MissingDependencyError
 from .recipe import FMAX, FMIN, FRAME_STEP_SEC, FRAMES, HOP, LOG_OFFSET, N_FFT, N_MELS, N_OVERLAP, SAMPLE_RATE  # noqa: F401
 from .resampy02 import Resample, resample_kaiser_best, resample_plan
@@ -198,23 +200,72 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE,
 # Reference extraction (numpy / scipy / librosa)
 
 
+def check_sample_rate(rate: int) -> None:
+    """Refuse a sample rate outside ``limits.MIN_SAMPLE_RATE`` .. ``limits.MAX_SAMPLE_RATE`` (InputError)."""
+    if not limits.MIN_SAMPLE_RATE <= rate <= limits.MAX_SAMPLE_RATE:
+        raise InputError(f"sample rate {rate:,} Hz is outside the {limits.MIN_SAMPLE_RATE:,}-"
+                         f"{limits.MAX_SAMPLE_RATE:,} Hz accepted")
+
+
+def check_audio_file(path: str | os.PathLike) -> object:
+    """What a sound file's header declares (``soundfile.info``, returned), checked before anything
+    is decoded.
+
+    Raises :class:`AudioFileError`: "missing" (no such file, or a link to nothing), "empty"
+    (0 bytes), "unreadable" (not a regular file: a FIFO would block the reader forever; no
+    readable header; a rate outside the accepted range; longer than ``limits.MAX_CLIP_SECONDS``
+    or more samples than ``limits.MAX_DECODED_SAMPLES``).
+    """
+    soundfile = _require("soundfile")
+    path = Path(path)
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise AudioFileError(path, "missing", "no such audio file") from None
+    except OSError as exc:
+        raise AudioFileError(path, "unreadable", f"cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise AudioFileError(path, "unreadable", "not a regular file (a FIFO, device or socket)")
+    if status.st_size == 0:
+        raise AudioFileError(path, "empty", "empty file (0 bytes)")
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_one_line(exc)})") from None
+    try:
+        check_sample_rate(info.samplerate)
+    except InputError as exc:
+        raise AudioFileError(path, "unreadable", str(exc)) from None
+    seconds = info.frames / info.samplerate
+    if seconds > limits.MAX_CLIP_SECONDS:
+        raise AudioFileError(path, "unreadable", f"too long to decode: {seconds:.0f} s (the limit is "
+                                                 f"{limits.MAX_CLIP_SECONDS:.0f} s; only the first "
+                                                 f"{FRAMES * HOP / SAMPLE_RATE:.0f} s are packed: trim it)")
+    if info.frames * info.channels > limits.MAX_DECODED_SAMPLES:
+        raise AudioFileError(path, "unreadable", f"too many samples to decode: {info.frames:,} frames of "
+                                                 f"{info.channels} channels (the limit is "
+                                                 f"{limits.MAX_DECODED_SAMPLES:,} samples: trim it)")
+    return info
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Read a sound file as the original did: float64, channel mean -> (n,), and its rate.
 
     Raises :class:`AudioFileError` (kind "missing", "empty" or "unreadable") for a file that
-    is absent, holds no samples, cannot be decoded or holds non-finite samples.
+    :func:`check_audio_file` refuses, that holds no samples, cannot be decoded or holds
+    non-finite samples.
     """
     soundfile = _require("soundfile")
     path = Path(path)
-    if not path.is_file():
-        raise AudioFileError(path, "missing", "no such audio file")
-    if path.stat().st_size == 0:
-        raise AudioFileError(path, "empty", "empty file (0 bytes)")
+    check_audio_file(path)
     try:
         audio, sample_rate = soundfile.read(str(path), dtype="float64", always_2d=True)
     except (soundfile.SoundFileError, RuntimeError, OSError) as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise AudioFileError(path, "unreadable", f"cannot decode audio ({detail})") from None
+        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_one_line(exc)})") from None
     if audio.shape[0] == 0:
         raise AudioFileError(path, "empty", "no audio samples")
     if not np.all(np.isfinite(audio)):
@@ -269,6 +320,7 @@ def extract_logmel(
     else:
         if sample_rate is None:
             raise InputError("sample_rate is required when extracting from a waveform")
+        check_sample_rate(int(sample_rate))
         audio = _mono_float64(path_or_array)
     audio = resample(audio, int(sample_rate), SAMPLE_RATE, method=resampler)
     if audio.shape[0] < N_FFT:
@@ -367,6 +419,8 @@ def extract_logmel_batch(
     rates = [int(sample_rate)] * len(waveforms) if isinstance(sample_rate, (int, np.integer)) else [int(r) for r in sample_rate]
     if len(rates) != len(waveforms):
         raise InputError(f"{len(waveforms)} waveforms but {len(rates)} sample rates")
+    for rate in set(rates):
+        check_sample_rate(rate)
     device = str(torch.device(device))
     clips = [_mono_float64(w) for w in waveforms]
     results: list[np.ndarray | None] = [None] * len(clips)
@@ -411,7 +465,7 @@ def _to_16k(clips: list[np.ndarray], rate: int, device: str, dtype: torch.dtype)
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "N_OVERLAP", "HOP", "N_MELS", "FMIN", "FMAX", "FRAMES", "LOG_OFFSET", "RESAMPLERS",
     "ORIGINAL_RESAMPLER", "canonical_resampler",
-    "AudioFileError", "num_frames", "resampled_length", "pad_or_truncate",
+    "AudioFileError", "num_frames", "resampled_length", "pad_or_truncate", "check_sample_rate", "check_audio_file",
     "slaney_mel_filterbank", "librosa_mel_filterbank", "default_mel_filterbank",
     "resample", "read_audio", "extract_logmel",
     "Resample", "LogMel", "extract_logmel_batch", "Scaler",

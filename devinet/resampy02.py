@@ -122,6 +122,8 @@ def resample_plan(orig_sr: int, target_sr: int) -> ResamplePlan:
     delta = np.zeros_like(window)
     delta[:-1] = np.diff(window)
     step = int(scale * table)
+    if step == 0:  # beyond table-fold downsampling the filter would have no taps
+        raise InputError(f"{orig_sr} Hz -> {target_sr} Hz: the resampler downsamples by at most {table}x")
     wing = window.shape[0] // step
     g = math.gcd(orig_sr, target_sr)
     up, down = target_sr // g, orig_sr // g

@@ -16,14 +16,18 @@ and the line number. Every clip is identified by its canonical key
 from __future__ import annotations
 
 import csv
+import gzip
+import math
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from devinet.errors import FileFormatError, InputError
+from devinet.limits import MAX_LINE_CHARS
 from devinet.recipe import DCASE2017_CLASSES
 
 #: The 17 labels in the official order (the order of the original CVSSP config).
@@ -35,6 +39,7 @@ _YOUTUBE_ID_LENGTH = 11
 _LABEL_SEPARATOR = re.compile(r",(?! )")
 # Header words of the submission/ground-truth formats written by other tools.
 _HEADER_FIELDS = {"filename", "file", "name", "audio_file", "youtube_id", "ytid"}
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -158,16 +163,26 @@ def read_strong_labels(path: str | os.PathLike) -> list[Event]:
     return events
 
 
+def read_listed_clips(path: str | os.PathLike) -> list[str]:
+    """Keys of every clip a TAB-separated label file lists, with labels or events or by its name
+    alone (a clip without any: a valid negative), in the order of first appearance."""
+    keys: dict[str, None] = {}
+    for line_no, fields in _tsv_rows(path):
+        keys.setdefault(_key_of(path, line_no, fields[0]), None)
+    return list(keys)
+
+
 def read_clip_labels(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """Clip key -> labels from either a clip list (comma-separated) or a weak-label file (TAB).
 
-    The format is recognised from the first data line (a TAB means a weak-label file). Weak
-    labels are returned in the official class order, clip-list labels in file order.
+    The format is recognised from the first data line: a TAB, or a name alone (no comma: a
+    clip without labels), means a weak-label file. Weak labels are returned in the official
+    class order, clip-list labels in file order.
     """
-    first = next((line for _, line in _lines(path) if line.strip() and not line.startswith("#")), None)
+    first = next((line for _, line in text_lines(path) if line.strip() and not line.startswith("#")), None)
     if first is None:
         raise FileFormatError(path, "no clips listed")
-    if "\t" in first:
+    if "\t" in first or "," not in first:
         order = {label: index for index, label in enumerate(CLASSES)}
         return {key: tuple(sorted(labels, key=lambda label: (order.get(label, len(order)), label)))
                 for key, labels in read_weak_labels(path).items()}
@@ -185,32 +200,53 @@ def labels_to_multihot(labels: Iterable[str], classes: tuple[str, ...] = CLASSES
     return target
 
 
-def is_number(text: str) -> bool:
-    """Whether ``text`` parses as a float (a time or a probability field of the official files)."""
+def is_number(text: str, finite: bool = True) -> bool:
+    """Whether ``text`` parses as a float (a time or a probability field of the official files);
+    with ``finite`` (the default), a finite one: 'nan' and 'inf' are no time."""
     try:
-        float(text)
+        value = float(text)
     except ValueError:
         return False
-    return True
+    return math.isfinite(value) or not finite
 
 
-def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """(line number, text without the line end) of a UTF-8 text file; LF or CRLF."""
+def is_gzip(path: str | os.PathLike) -> bool:
+    """Whether the file starts with gzip's magic number (False when it cannot be read)."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                yield line_no, line.rstrip("\r\n")
+        with open(path, "rb") as probe:
+            return probe.read(2) == _GZIP_MAGIC
+    except OSError:
+        return False
+
+
+def text_lines(path: str | os.PathLike, gzipped: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, text without the line end) of a UTF-8 text file (gzip-compressed when
+    ``gzipped``); LF or CRLF. A line longer than :data:`devinet.limits.MAX_LINE_CHARS` is
+    refused before it is read whole (also inside gzip, where a few MB inflate to GB)."""
+    try:
+        opener = gzip.open if gzipped else open
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            for line_no, line in enumerate(iter(lambda: handle.readline(MAX_LINE_CHARS + 2), ""), start=1):
+                text = line.rstrip("\r\n")
+                if len(text) > MAX_LINE_CHARS:
+                    raise FileFormatError(path, f"line {line_no} is longer than {MAX_LINE_CHARS:,} characters "
+                                                "(the longest line a DCASE metadata or prediction file needs)")
+                yield line_no, text
     except FileNotFoundError:
         raise FileFormatError(path, "no such file") from None
     except IsADirectoryError:
-        raise FileFormatError(path, "is a directory, expected a metadata file") from None
+        raise FileFormatError(path, "is a directory, expected a text file") from None
     except UnicodeDecodeError as exc:
         raise FileFormatError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise FileFormatError(path, f"corrupt gzip file ({exc or 'truncated'})") from None
+    except OSError as exc:
+        raise FileFormatError(path, f"cannot be read ({exc.strerror or exc})") from None
 
 
 def _csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of a comma-separated file, skipping blank and ``#`` lines."""
-    for line_no, line in _lines(path):
+    for line_no, line in text_lines(path):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
@@ -222,7 +258,7 @@ def _csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
 
 def _tsv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of a TAB-separated file, skipping blank, ``#`` and header lines."""
-    for line_no, line in _lines(path):
+    for line_no, line in text_lines(path):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = line.split("\t")
@@ -260,6 +296,7 @@ __all__ = [
     "read_clip_list",
     "read_weak_labels",
     "read_strong_labels",
+    "read_listed_clips",
     "read_clip_labels",
     "labels_to_multihot",
 ]

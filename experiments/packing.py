@@ -40,17 +40,13 @@ from devinet.features import (
     extract_logmel, extract_logmel_batch, num_frames, pad_or_truncate, read_audio, resampled_length,
 )
 from devinet._io import atomic_path, atomic_write_json, check_destination, exclusive_lock, import_h5py, open_h5
-from devinet.errors import DevinetError, FileFormatError, InputError
+from devinet.errors import DevinetError, FileFormatError, InputError, first_line
 
 from . import meta
 from .workers import bounded, process_pool, usable_cores
 
 FORMAT_VERSION = 1
 BACKENDS = ("reference", "torch")
-#: clips longer than this are skipped before decoding ("unreadable": too long). Only the first
-#: 10 s of a clip are packed, but the whole clip is decoded (float64) and resampled: an hour
-#: of 44.1-kHz stereo takes several GB per worker process.
-MAX_SECONDS = 1800.0
 SKIP_KINDS = ("missing", "empty", "unreadable")
 _CHUNK_NAME = re.compile(r"^chunk_(\d{6})\.npz$")
 #: modules the worker processes import once, up front
@@ -147,6 +143,24 @@ def index_wav_folder(wav_dir: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
+def missing_summary(wav_dir: str | os.PathLike, skipped: Sequence[Skipped], total: int) -> str | None:
+    """How many of ``total`` clips have no audio file, with the name expected for one of them next
+    to a file of the folder that holds the same YouTube id under another name (times written
+    otherwise, e.g. ``_30_40`` for ``_30.000_40.000``) when there is one; None when none is missing."""
+    missing = [item.key for item in skipped if item.kind == "missing"]
+    if not missing:
+        return None
+    by_id: dict[str, str] = {}
+    for key, path in index_wav_folder(wav_dir).items():
+        by_id.setdefault(key.rsplit("_", 2)[0], path.name)
+    near = next((key for key in missing if key.rsplit("_", 2)[0] in by_id), None)
+    text = f"{len(missing)} of {total} clips have no audio file"
+    if near is None:
+        return f"{text}, e.g. no {meta.wav_name(missing[0])}"
+    return (f"{text}, e.g. {meta.wav_name(near)} was expected but {by_id[near.rsplit('_', 2)[0]]} was found "
+            "(the same clip named otherwise?)")
+
+
 def _plan(wav_dir, meta_path) -> tuple[list[str], dict[str, Path], dict[str, np.ndarray] | None]:
     """(clip keys in order, key -> wav path for the present ones, key -> multi-hot or None)."""
     wavs = index_wav_folder(wav_dir)
@@ -185,12 +199,33 @@ def _extract_chunk(index: int, clips: list[tuple[str, str | None]], resampler: s
     done: list[tuple[str, np.ndarray]] = []
     skipped: list[Skipped] = []
     for key, path in _present_clips(clips, skipped):
-        try:
-            _check_duration(path)
-            done.append((key, extract_logmel(path, resampler=resampler)))
-        except AudioFileError as exc:
-            skipped.append(Skipped(key, exc.kind, exc.problem))
+        with _clip_failures(key, skipped):
+            done.append((key, _finite(key, extract_logmel(path, resampler=resampler))))
     return index, _chunk_arrays(done, skipped)
+
+
+@contextlib.contextmanager
+def _clip_failures(key: str, skipped: list[Skipped]) -> Iterator[None]:
+    """Record any failure of one clip in ``skipped`` (with its reason) instead of ending the run:
+    an AudioFileError with its kind, anything else (a bug, a MemoryError) as "unreadable" with
+    the exception's type and first line. Overflows (samples near 1e308) are not warned about:
+    their non-finite features are the clip's record."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            yield
+    except AudioFileError as exc:
+        skipped.append(Skipped(key, exc.kind, exc.problem))
+    except Exception as exc:  # noqa: BLE001 - one clip must not lose the others
+        skipped.append(Skipped(key, "unreadable", f"feature extraction failed ({first_line(exc, with_type=True)})"))
+
+
+def _finite(key: str, features: np.ndarray) -> np.ndarray:
+    """Clip ``key``'s ``features``, or an AudioFileError when some are NaN or infinite (finite samples
+    too large for the filters, e.g. float samples near 1e308): such a clip would poison the scaler."""
+    if not np.isfinite(features).all():
+        raise AudioFileError(key, "unreadable", "non-finite features (samples too large to filter: "
+                                               "float samples far beyond [-1, 1]?)")
+    return features
 
 
 def _decode_chunk(index: int, clips: list[tuple[str, str | None]]) -> tuple[int, list, list[Skipped]]:
@@ -202,14 +237,12 @@ def _decode_chunk(index: int, clips: list[tuple[str, str | None]]) -> tuple[int,
     """
     decoded, skipped = [], []
     for key, path in _present_clips(clips, skipped):
-        try:
-            _check_duration(path)
+        with _clip_failures(key, skipped):
             audio, rate = read_audio(path)
-        except AudioFileError as exc:
-            skipped.append(Skipped(key, exc.kind, exc.problem))
-            continue
-        frames = num_frames(resampled_length(audio.shape[0], rate))
-        decoded.append((key, audio[: _samples_needed(rate)].astype(np.float32), rate, frames))
+            waveform = audio[: _samples_needed(rate)].astype(np.float32)
+            if not np.isfinite(waveform).all():
+                raise AudioFileError(path, "unreadable", "samples beyond float32's range")
+            decoded.append((key, waveform, rate, num_frames(resampled_length(audio.shape[0], rate))))
     return index, decoded, skipped
 
 
@@ -218,20 +251,6 @@ def _samples_needed(rate: int) -> int:
     resampler's reach (64 zero crossings: at most 64 * rate / 16000 input samples)."""
     at_16k = N_FFT + (FRAMES - 1) * HOP
     return math.ceil(at_16k * rate / SAMPLE_RATE) + rate // 10 + 128
-
-
-def _check_duration(path: str) -> None:
-    """Refuse (as an unreadable clip) a file longer than :data:`MAX_SECONDS`, from its header alone."""
-    import soundfile
-
-    try:
-        info = soundfile.info(path)
-    except (soundfile.SoundFileError, RuntimeError, OSError):
-        return  # not decodable at all: read_audio says why
-    if info.samplerate > 0 and info.frames > 0 and info.frames / info.samplerate > MAX_SECONDS:
-        raise AudioFileError(path, "unreadable", f"too long to decode: {info.frames / info.samplerate:.0f} s "
-                                                   f"(the limit is {MAX_SECONDS:.0f} s; only the first "
-                                                   f"{FRAMES * HOP / SAMPLE_RATE:.0f} s are packed: trim it)")
 
 
 def _chunk_arrays(done: list[tuple[str, np.ndarray]], skipped: list[Skipped],
@@ -452,11 +471,30 @@ def _run_torch(tasks: dict, work: _WorkFolder, device: str, jobs: int, bar) -> N
         window = jobs + 2  # decoded waveforms wait in memory: keep few in flight
         submit = lambda p, i: p.submit(_decode_chunk, i, tasks[i])  # noqa: E731
         for index, decoded, skipped in bounded(pool, submit, sorted(tasks), window):
-            logmels = extract_logmel_batch([w for _, w, _, _ in decoded], [r for _, _, r, _ in decoded],
-                                             device=device)
-            work.write_chunk(index, _chunk_arrays([(key, x) for (key, *_), x in zip(decoded, logmels)], skipped,
-                                                  n_frames=[frames for *_, frames in decoded]))
+            done, n_frames = [], []
+            for (key, _, _, frames), logmel in zip(decoded, _torch_features(decoded, device, skipped)):
+                if logmel is not None:
+                    done.append((key, logmel))
+                    n_frames.append(frames)
+            work.write_chunk(index, _chunk_arrays(done, skipped, n_frames=n_frames))
             bar.update(len(tasks[index]))
+
+
+def _torch_features(decoded: list, device: str, skipped: list[Skipped]) -> list[np.ndarray | None]:
+    """Features of decoded clips in one batch; if the batch fails, clip by clip. A clip that fails,
+    or gives non-finite features, is recorded in ``skipped`` and gets None."""
+    try:
+        batch = extract_logmel_batch([w for _, w, _, _ in decoded], [r for _, _, r, _ in decoded], device=device)
+    except Exception:  # noqa: BLE001 - find the clip(s) at fault one by one
+        batch = [None] * len(decoded)
+    out: list[np.ndarray | None] = []
+    for (key, waveform, rate, _), logmel in zip(decoded, batch):
+        result = None
+        with _clip_failures(key, skipped):
+            single = logmel if logmel is not None else extract_logmel_batch([waveform], rate, device=device)[0]
+            result = _finite(key, single)
+        out.append(result)
+    return out
 
 
 def _assemble(h5py, work: _WorkFolder, chunks, out_path: Path, labels, this_recipe, wav_dir, meta_path):
@@ -472,7 +510,9 @@ def _assemble(h5py, work: _WorkFolder, chunks, out_path: Path, labels, this_reci
                     zip(arrays["skipped_names"], arrays["skipped_kinds"], arrays["skipped_details"])]
     if not names:
         counts = ", ".join(f"{sum(s.kind == kind for s in skipped)} {kind}" for kind in SKIP_KINDS)
-        raise NothingPackedError(wav_dir, f"none of the {len(skipped)} clips could be packed ({counts})")
+        missing = missing_summary(wav_dir, skipped, len(skipped))
+        raise NothingPackedError(wav_dir, f"none of the {len(skipped)} clips could be packed ({counts})"
+                                          + (f"; {missing}" if missing else ""))
     order = {key: position for position, key in enumerate(k for chunk in chunks for k in chunk)}
     skipped.sort(key=lambda s: order[s.key])
     string = h5py.string_dtype("utf-8")
@@ -565,7 +605,7 @@ def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, cl
 
 
 __all__ = [
-    "FORMAT_VERSION", "BACKENDS", "SKIP_KINDS", "MAX_SECONDS", "NothingPackedError", "WorkerDiedError", "Skipped",
+    "FORMAT_VERSION", "BACKENDS", "SKIP_KINDS", "NothingPackedError", "WorkerDiedError", "Skipped",
     "PackResult", "PackedSplit",
-    "recipe", "index_wav_folder", "pack_split", "load_packed", "read_skipped", "fit_scaler",
+    "recipe", "index_wav_folder", "missing_summary", "pack_split", "load_packed", "read_skipped", "fit_scaler",
 ]

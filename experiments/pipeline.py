@@ -54,10 +54,11 @@ from experiments.scoring import (EVALUATION_SET, TEST_SET, Predictions, ScoredSp
 from experiments.systems import SYSTEMS, SizeConfig, load_size_config, resolve_systems
 from experiments.train import EvalSet, TrainResult, train
 
-#: the official metadata files an experiment reads from the meta folder
+#: the official metadata files an experiment reads from the meta folder. The testing clips and
+#: their labels come from the weak ground truth, which lists every one of them (a clip without
+#: labels by its name alone); ``testing_set.csv`` says the same and is not needed.
 META_FILES = {
     "train_list": "training_set.csv",
-    "test_list": "testing_set.csv",
     "weak_truth": "groundtruth_weak_label_testing_set.csv",
     "strong_truth": "groundtruth_strong_label_testing_set.csv",
 }
@@ -325,10 +326,13 @@ def prepare_features(options: Options, dataset: Dataset) -> Features:
         for h in handles:
             h.close()
         raise
-    for split, data in (("training", train_split), ("testing", test_split), ("evaluation", eval_split)):
+    for split, data, packed, wav_dir in (("training", train_split, train_h5, dataset.train_audio),
+                                         ("testing", test_split, folder / "test.h5", dataset.test_audio),
+                                         ("evaluation", eval_split, folder / "evaluation.h5", dataset.eval_audio)):
         lost = sum(data.skipped.values()) if data is not None else 0
         if lost:
             _say(f"[features] {split}: {lost} clips without usable audio are left out ({data.skipped})")
+            _report_missing(split, packed, wav_dir, len(data.names) + lost)
     return Features(train_split, test_split, Scaler.load(scaler_path), folder, eval_split, handles)
 
 
@@ -339,6 +343,20 @@ def scored_splits(dataset: Dataset, features: Features) -> list[ScoredSplit]:
         splits.append(ScoredSplit(EVALUATION_SET, features.evaluation, dataset.meta["eval_weak_truth"],
                                   dataset.meta["eval_strong_truth"]))
     return splits
+
+
+def _report_missing(split: str, packed: Path, wav_dir: Path, listed: int) -> None:
+    """Name an expected and a found file name when clips are missing, and warn, before any training,
+    when more than half of a split is (a naming mismatch rather than lost videos, most likely)."""
+    from experiments.packing import missing_summary, read_skipped
+
+    skipped = read_skipped(packed)
+    summary = missing_summary(wav_dir, skipped, listed)
+    if summary is None:
+        return
+    missing = sum(item.kind == "missing" for item in skipped)
+    warning = "warning: more than half of the clips are missing: " if 2 * missing > listed else ""
+    _say(f"[features] {split}: {warning}{summary} (in {wav_dir})")
 
 
 # ---------------------------------------------------------------------- stage 3: training

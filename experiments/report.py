@@ -199,10 +199,12 @@ def _dataset_line(dataset: Mapping[str, Any]) -> str:
                 f"{dataset['train_clips_used']} training clips, {dataset['test_clips_scored']} testing clips "
                 f"scored. These are synthesized sounds, not real recordings: our numbers are not comparable "
                 f"with the paper's, only the ordering of the systems carries over.")
-    missing = sum(dataset["test_clips_without_audio"].values())
+    missing = {split: sum(dataset[f"{split}_clips_without_audio"].values()) for split in ("train", "test")}
+    left_out = " and ".join(f"{count} {name} clips" for name, count in
+                            (("training", missing["train"]), ("testing", missing["test"])) if count)
     return (f"real DCASE 2017 Task 4 audio from {dataset['root']}: {dataset['train_clips_used']} training clips, "
             f"{dataset['test_clips_scored']} testing clips scored with the official ground truth"
-            + (f" ({missing} testing clips without audio are left out)" if missing else "") + ".")
+            + (f" ({left_out} without usable audio are left out)" if left_out else "") + ".")
 
 
 def _setup_lines(results: Mapping[str, Any]) -> list[str]:

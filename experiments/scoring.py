@@ -110,8 +110,9 @@ def score_system(names: list[str], pred: Predictions, weak: dict[str, frozenset[
     ``sed_event`` (event-based) and ``psds`` (both scenarios); AT mAP and AUC are in ``at``."""
     at = evaluation.evaluate_at(pred.clipwise, names, weak)
     events = [event for key, frames in zip(names, pred.framewise) for event in evaluation.frames_to_events(frames, key)]
-    return {"at": at, "sed": evaluation.evaluate_sed(events, strong),
-            "sed_event": evaluation.evaluate_sed_events(events, strong),
+    # every clip of the split is scored: one without reference events is a valid negative
+    return {"at": at, "sed": evaluation.evaluate_sed(events, strong, clips=names),
+            "sed_event": evaluation.evaluate_sed_events(events, strong, clips=names),
             "psds": evaluation.evaluate_psds(names, list(pred.framewise), strong)}
 
 

@@ -475,7 +475,7 @@ def parity_reports(source: str | Path, *, recording: str | Path | None = None, c
         model, detection = conversion.model, conversion.detection
         notes.append(f"devinet side: {Path(source).name} converted as {detection.preset}"
                      f"{' (Theano kernels flipped)' if conversion.flipped else ''}")
-    notes += list(detection.notes)
+    notes += [*file.notes, *detection.notes]
     loop = progress or (lambda items, **_: items)
     recording_path = recording or (recording_for(source) if file.is_legacy else None)
     if recording_path is not None:

@@ -127,7 +127,7 @@ def keras_to_torch(source: str | os.PathLike | KerasFile, *, preset: str | None 
         "source_keras_version": file.keras_version,
         "preset": detection.preset,
         "theano_flip": flip,
-        "notes": list(detection.notes),
+        "notes": [*file.notes, *detection.notes],
         "devinet_version": devinet.__version__,
     }
     return Conversion(model=model, detection=detection, file=file, flipped=flip, metadata=metadata)

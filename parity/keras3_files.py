@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import lzma
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -26,9 +28,10 @@ import numpy as np
 
 from devinet.config import DeviNetConfig, preset_config
 from devinet._io import import_h5py, open_h5
-from devinet.errors import ConfigError, FileFormatError, MissingDependencyError, first_line
+from devinet.errors import ConfigError, DevinetError, FileFormatError, MissingDependencyError, first_line
+from devinet.limits import MAX_ARCHIVE_MEMBER_BYTES, MAX_CONFIG_BYTES, MAX_LAYERS
 
-from .topology import KerasFile, KerasLayer, canonical_sort_key, normalise_weight_name
+from .topology import KerasFile, KerasLayer, WeightReader, canonical_sort_key, normalise_weight_name
 
 #: a Keras 3 class -> names of its variables in creation order (BatchNormalization: see _var_names)
 _VARS = {
@@ -45,10 +48,6 @@ _CLASS_OF_GROUP = {
     "multiply": "Multiply", "activation": "Activation",
 }
 
-#: largest member of a .keras archive we agree to inflate (the models here are a few MB)
-MAX_MEMBER_BYTES = 2 ** 31
-
-
 def _h5py():
     return import_h5py("h5py (needed for Keras files)", "keras")
 
@@ -62,16 +61,25 @@ def read_keras3(path: str | os.PathLike) -> KerasFile:
     h5py = _h5py()
     if path.name.endswith(".weights.h5"):
         with open_h5(path, "h5py (needed for Keras files)", "keras") as handle:
-            return _guarded(path, lambda: _from_weights(path, handle, None, "keras3-weights"))
-    config = _read_archive_config(path)
-    with zipfile.ZipFile(path) as archive:
-        data = _member(path, archive, "model.weights.h5")
+            return _guarded(path, lambda: _from_weights(path, handle, None, "keras3-weights", ""))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = _json_member(path, archive, "config.json")
+            if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+                raise FileFormatError(path, "config.json does not describe a model")
+            specs = _guarded(path, lambda: _config_layers(path, config))
+            version = _version(path, archive)
+            data = _member(path, archive, "model.weights.h5", MAX_ARCHIVE_MEMBER_BYTES)
+    except zipfile.BadZipFile:
+        raise FileFormatError(path, "not a .keras archive (not a zip file)") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise FileFormatError(path, f"not a readable .keras archive ({first_line(exc, with_type=True)})") from None
     try:
         handle = h5py.File(io.BytesIO(data), "r")
     except OSError as exc:
         raise FileFormatError(path, f"model.weights.h5 is not an HDF5 file ({exc})") from None
     with handle:
-        return _guarded(path, lambda: _from_weights(path, handle, config, "keras3"))
+        return _guarded(path, lambda: _from_weights(path, handle, specs, "keras3", version))
 
 
 def _guarded(path: Path, read):
@@ -84,27 +92,31 @@ def _guarded(path: Path, read):
         raise FileFormatError(path, f"damaged or malformed Keras 3 file ({first_line(exc, with_type=True)})") from None
 
 
-def _member(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
+def _member(path: Path, archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """Member ``name`` inflated, if the size it declares is at most ``limit`` bytes (checked before
+    inflating: the size declared is the most ``zipfile`` ever returns); damage is one FileFormatError."""
     try:
         info = archive.getinfo(name)
     except KeyError:
         raise FileFormatError(path, f"not a .keras archive: no {name}") from None
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise FileFormatError(path, f"{name} is implausibly large ({info.file_size} bytes)")
-    return archive.read(name)
-
-
-def _read_archive_config(path: Path) -> dict[str, Any]:
+    if info.file_size > limit:
+        raise FileFormatError(path, f"{name} declares {info.file_size:,} bytes uncompressed; no model of the "
+                                    f"family needs more than {limit:,}")
     try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(_member(path, archive, "config.json"))
-    except zipfile.BadZipFile:
-        raise FileFormatError(path, "not a .keras archive (not a zip file)") from None
-    except ValueError as exc:
-        raise FileFormatError(path, f"unreadable config.json ({exc})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
-        raise FileFormatError(path, "config.json does not describe a model")
-    return config
+        return archive.read(info)
+    except RuntimeError as exc:  # an encrypted member; NotImplementedError: an unknown compression method
+        raise FileFormatError(path, f"{name} cannot be read ({first_line(exc)})") from None
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError) as exc:
+        raise FileFormatError(path, f"{name} is damaged ({first_line(exc, with_type=True)})") from None
+
+
+def _json_member(path: Path, archive: zipfile.ZipFile, name: str) -> Any:
+    try:
+        return json.loads(_member(path, archive, name, MAX_CONFIG_BYTES))
+    except RecursionError:
+        raise FileFormatError(path, f"unreadable {name} (nested too deeply to be a model description)") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise FileFormatError(path, f"unreadable {name} ({first_line(exc)})") from None
 
 
 def _group_names(handle) -> dict[str, str]:
@@ -121,44 +133,62 @@ def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
 
 
-def _from_weights(path: Path, handle, config: dict | None, kind: str) -> KerasFile:
+def _from_weights(path: Path, handle, specs: list | None, kind: str, version: str) -> KerasFile:
+    """The file's layers from its weights; ``specs`` (name, class, config) of config.json's layers, or
+    None for a weights file without config (classes then come from the group names)."""
     if "layers" not in handle:
         raise FileFormatError(path, "not a Keras 3 weights file (no 'layers' group)")
+    if len(handle["layers"]) > MAX_LAYERS:
+        raise FileFormatError(path, f"{len(handle['layers']):,} layer groups; no model of the family has more than "
+                                    f"{MAX_LAYERS:,} layers")
     groups = _group_names(handle)
-    if config is not None:
-        entries = [(entry["class_name"], entry.get("config", {})) for entry in config["config"].get("layers", [])]
-        specs = [(cfg.get("name"), cls, cfg) for cls, cfg in entries]
-    else:
+    has_config = specs is not None
+    if specs is None:
         specs = sorted(((name, _CLASS_OF_GROUP.get(re.sub(r"_\d+$", "", g.rpartition("/")[2])), None)
                         for name, g in groups.items()), key=lambda s: canonical_sort_key(s[0]))
     layers, input_shape = [], None
+    reader = WeightReader(path)
     for name, cls, cfg in specs:
         if name not in groups:
             raise FileFormatError(path, f"layer {name!r} has no weights group")
-        weights, origins = _layer_weights(path, handle[groups[name]], groups[name], cls, cfg)
+        weights, origins = _layer_weights(reader, handle[groups[name]], groups[name], cls, cfg)
         layers.append(KerasLayer(name=name, class_name=cls, weights=weights, origins=origins, config=cfg))
         if cls == "InputLayer" and cfg and cfg.get("batch_shape"):
             input_shape = tuple(cfg["batch_shape"][1:])
-    return KerasFile(path=path, kind=kind, layers=layers, backend=None, keras_version=_version(path, config),
-                     has_config=config is not None, input_shape=input_shape)
+    return KerasFile(path=path, kind=kind, layers=layers, backend=None, keras_version=version,
+                     has_config=has_config, input_shape=input_shape, notes=list(reader.notes))
 
 
-def _version(path: Path, config: dict | None) -> str:
-    if config is None:
+def _config_layers(path: Path, config: dict) -> list[tuple[Any, str, dict]]:
+    """(name, class, config) of each layer of ``config.json``: at most MAX_LAYERS, each name once."""
+    entries = config["config"].get("layers", [])
+    if len(entries) > MAX_LAYERS:
+        raise FileFormatError(path, f"config.json describes {len(entries):,} layers; no model of the family has "
+                                    f"more than {MAX_LAYERS:,}")
+    specs = [(entry.get("config", {}).get("name"), entry["class_name"], entry.get("config", {})) for entry in entries]
+    seen: set = set()
+    for name, _, _ in specs:
+        if name in seen:
+            raise FileFormatError(path, f"config.json describes layer {name!r} twice")
+        seen.add(name)
+    return specs
+
+
+def _version(path: Path, archive: zipfile.ZipFile) -> str:
+    """The Keras version in ``metadata.json`` ('' when the archive has none)."""
+    if "metadata.json" not in archive.namelist():
         return ""
-    with contextlib.suppress(KeyError, ValueError, zipfile.BadZipFile):
-        with zipfile.ZipFile(path) as archive:
-            return str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
-    return ""
+    metadata = _json_member(path, archive, "metadata.json")
+    return str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
 
 
-def _layer_weights(path: Path, group, group_path: str, cls: str | None,
+def _layer_weights(reader: WeightReader, group, group_path: str, cls: str | None,
                    cfg: dict | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     weights: dict[str, np.ndarray] = {}
     origins: dict[str, str] = {}
 
     def take(vars_path: str, var_class: str | None, var_cfg: dict | None, prefix: str = "") -> None:
-        arrays = _vars(group, vars_path)
+        arrays = _vars(reader, group, vars_path)
         names = _var_names(var_class, var_cfg, len(arrays))
         if names is None:
             names = [f"vars/{i}" for i in range(len(arrays))]  # unknown: left for the completeness check
@@ -179,17 +209,12 @@ def _layer_weights(path: Path, group, group_path: str, cls: str | None,
     return weights, origins
 
 
-def _vars(group, vars_path: str) -> list[np.ndarray]:
+def _vars(reader: WeightReader, group, vars_path: str) -> list[np.ndarray]:
     if vars_path not in group:
         return []
     vars_group = group[vars_path]
     count = len([k for k in vars_group if k.isdigit()])
-    arrays = [np.asarray(vars_group[str(i)][()]) for i in range(count)]
-    for i, array in enumerate(arrays):
-        if array.dtype.kind != "f":
-            raise ValueError(f"variable {vars_group.name}/{i} has dtype {array.dtype}; "
-                             "Keras weights are floating point")
-    return arrays
+    return [reader.read(vars_group[str(i)], f"{vars_group.name}/{i}") for i in range(count)]
 
 
 def _var_names(cls: str | None, cfg: dict | None, count: int) -> list[str] | None:
@@ -298,15 +323,27 @@ def assign_keras_weights(model, weights: Mapping[str, Mapping[str, np.ndarray]])
 
 def load_keras_model(path: str | os.PathLike, preset: str | None = None, config: DeviNetConfig | None = None):
     """Load a Keras 3 file for running: ``.keras`` with Keras itself in safe mode; ``.weights.h5``
-    into ``keras_reference.build(preset)`` (``preset`` and ``config`` needed then)."""
+    into ``keras_reference.build(preset)`` (``preset`` and ``config`` needed then).
+
+    Keras' own refusals (a Lambda layer in safe mode, an unknown class, a damaged file) are one
+    FileFormatError naming the file.
+    """
     import keras
 
     _keras_reference()  # registers the reference's custom layers for safe-mode loading
     path = Path(path)
-    if path.name.endswith(".weights.h5"):
-        if preset is None or config is None:
-            raise ConfigError(f"{path}: a weights file needs the preset to build its model")
-        model = build_keras_model(preset, config)
-        model.load_weights(path)
-        return model
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    if path.name.endswith(".weights.h5") and (preset is None or config is None):
+        raise ConfigError(f"{path}: a weights file needs the preset to build its model")
+    try:
+        if path.name.endswith(".weights.h5"):
+            model = build_keras_model(preset, config)
+            model.load_weights(path)
+            return model
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except DevinetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever Keras raises when it refuses or fails to load a file
+        # Keras wraps the refusal of a layer in its model's: the innermost reason says what is wrong.
+        reason = str(exc).rpartition("Exception encountered: ")[2]
+        raise FileFormatError(path, f"Keras refuses to load it ({type(exc).__name__}: "
+                                    f"{first_line(Exception(reason))})") from None

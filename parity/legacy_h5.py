@@ -30,8 +30,9 @@ import numpy as np
 from devinet.config import SEVEN_BLOCKS, DeviNetConfig
 from devinet._io import import_h5py, open_h5
 from devinet.errors import ConfigError, FileFormatError, first_line
+from devinet.limits import MAX_CONFIG_BYTES, MAX_LAYERS
 
-from .topology import KerasFile, KerasLayer, decode, infer_class, normalise_weight_name
+from .topology import KerasFile, KerasLayer, WeightReader, decode, infer_class, normalise_weight_name
 
 #: weights of each Keras 2 layer class, in ``layer.weights`` order (what ``load_weights`` expects)
 KERAS2_WEIGHTS = {
@@ -76,21 +77,48 @@ def _read_handle(path: Path, handle) -> KerasFile:
         raise FileFormatError(path, "a Keras 3 weights file: name it *.weights.h5")
     else:
         raise FileFormatError(path, "not a Keras 2 HDF5 file (no model_weights group nor layer_names attribute)")
-    attrs = {**{k: handle.attrs[k] for k in handle.attrs}, **{k: group.attrs[k] for k in group.attrs}}
+    owners = {k: handle for k in handle.attrs} | {k: group for k in group.attrs}
+    _check_attribute_sizes(path, owners)
+    attrs = {key: owner.attrs[key] for key, owner in owners.items()}
     backend = decode(attrs["backend"]) if "backend" in attrs else None
     keras_version = decode(attrs.get("keras_version", ""))
     if keras_version.startswith("1"):
         raise FileFormatError(path, f"Keras {keras_version} files are not supported (Keras 2.x only)")
     configs, input_shape = _layer_configs(path, attrs.get("model_config"))
-    layers = [_read_layer(path, group, name, configs) for name in _names(path, group, "layer_names")]
+    reader = WeightReader(path)
+    layers = [_read_layer(path, group, name, configs, reader) for name in _layer_names(path, group)]
     return KerasFile(path=path, kind=kind, layers=layers, backend=backend, keras_version=keras_version,
-                     has_config=bool(configs), input_shape=input_shape)
+                     has_config=bool(configs), input_shape=input_shape, notes=list(reader.notes))
+
+
+def _check_attribute_sizes(path: Path, owners: dict) -> None:
+    """Refuse, before reading them, root attributes larger than any Keras file of the family writes."""
+    for key, owner in owners.items():
+        size = owner.attrs.get_id(key).get_storage_size()
+        if size > MAX_CONFIG_BYTES:
+            raise FileFormatError(path, f"attribute {key} declares {size:,} bytes; a model description of the "
+                                        f"family takes far less than {MAX_CONFIG_BYTES:,}")
+
+
+def _layer_names(path: Path, group) -> list[str]:
+    """``layer_names``: at most :data:`MAX_LAYERS` names, each once."""
+    names = _names(path, group, "layer_names")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise FileFormatError(path, f"layer {name!r} is listed twice in layer_names")
+        seen.add(name)
+    return names
 
 
 def _names(path: Path, group, key: str) -> list[str]:
     """The list of names in attribute ``key`` of ``group`` (fixed-length bytes or str)."""
-    value = group.attrs[key]
     where = f"layer {group.name.rpartition('/')[2]!r}: " if key == "weight_names" else ""
+    count = group.attrs.get_id(key).shape
+    if count and count[0] > MAX_LAYERS:
+        raise FileFormatError(path, f"{where}attribute {key} lists {count[0]:,} names; no model of the family "
+                                    f"has more than {MAX_LAYERS:,} layers")
+    value = group.attrs[key]
     if isinstance(value, (str, bytes)) or np.ndim(value) != 1:
         raise FileFormatError(path, f"{where}attribute {key} is not a list of names ({value!r:.60})")
     try:
@@ -99,7 +127,8 @@ def _names(path: Path, group, key: str) -> list[str]:
         raise FileFormatError(path, f"{where}attribute {key} holds a name that is not UTF-8 text") from None
 
 
-def _read_layer(path: Path, group, name: str, configs: dict[str, tuple[str, dict]]) -> KerasLayer:
+def _read_layer(path: Path, group, name: str, configs: dict[str, tuple[str, dict]],
+                reader: WeightReader) -> KerasLayer:
     if name not in group:
         raise FileFormatError(path, f"layer {name!r} is listed in layer_names but has no group")
     layer_group = group[name]
@@ -113,10 +142,7 @@ def _read_layer(path: Path, group, name: str, configs: dict[str, tuple[str, dict
         short = normalise_weight_name(full)
         if short in weights:
             raise FileFormatError(path, f"layer {name!r} has two weights named {short!r}")
-        weights[short] = np.asarray(layer_group[full][()])
-        if weights[short].dtype.kind != "f":
-            raise FileFormatError(path, f"weight {name}/{full} has dtype {weights[short].dtype}; "
-                                        "Keras weights are floating point")
+        weights[short] = reader.read(layer_group[full], f"{name}/{full}")
         origins[short] = f"{name}/{full}"
     class_name, config = configs.get(name, (None, None))
     return KerasLayer(name=name, class_name=class_name or infer_class(name, weights), weights=weights,
@@ -131,9 +157,17 @@ def _layer_configs(path: Path, raw: Any) -> tuple[dict[str, tuple[str, dict]], t
         model = json.loads(decode(raw))
         body = model["config"]
         layers = body["layers"] if isinstance(body, dict) else body  # Model vs Keras 2.0 Sequential
+        if len(layers) > MAX_LAYERS:
+            raise FileFormatError(path, f"model_config describes {len(layers):,} layers; no model of the family "
+                                        f"has more than {MAX_LAYERS:,}")
         configs = {entry["config"]["name"]: (entry["class_name"], entry["config"]) for entry in layers}
+        if len(configs) != len(layers):
+            twice = Counter(entry["config"]["name"] for entry in layers).most_common(1)[0][0]
+            raise FileFormatError(path, f"model_config describes layer {twice!r} twice")
+    except RecursionError:
+        raise FileFormatError(path, "unreadable model_config (nested too deeply to be a model description)") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise FileFormatError(path, f"unreadable model_config ({type(exc).__name__}: {exc})") from None
+        raise FileFormatError(path, f"unreadable model_config ({first_line(exc, with_type=True)})") from None
     input_shape = None
     for class_name, config in configs.values():
         shape = config.get("batch_input_shape")

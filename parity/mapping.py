@@ -30,6 +30,7 @@ import numpy as np
 from devinet.config import DeviNetConfig, preset_config
 from devinet.errors import DevinetError
 
+from .facts import contradictions
 from .topology import KerasFile, KerasLayer
 
 
@@ -399,6 +400,7 @@ def detect(file: KerasFile, preset: str | None = None) -> Detection:
             misses[name] = diffs
     if len(matches) == 1:
         name, config = matches[0]
+        _refuse_contradictions(file, config)
         notes = []
         if sig.pools is None:
             notes.append("poolings are not stored in this file; they are the preset's")
@@ -413,10 +415,29 @@ def detect(file: KerasFile, preset: str | None = None) -> Detection:
     raise DevinetError(f"{file.path}: architecture ({sig.describe()}) matches no devinet preset; {detail}")
 
 
+def _refuse_contradictions(file: KerasFile, config: DeviNetConfig) -> None:
+    """Refuse a file whose config states another architecture than the one its weights fit."""
+    problems = contradictions(file, config)
+    if problems:
+        more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        raise DevinetError(f"{file.path}: the model config describes another network than devinet builds from "
+                           f"its weights: {'; '.join(problems[:6])}{more}")
+
+
 def layer_pairs(file: KerasFile) -> list[tuple[str, str]]:
     """(canonical name, file layer name) of the file's layers with a role."""
     return [(layer.role, layer.name) for layer in file.layers if layer.role]
 
 
 def nonfinite_weights(arrays: Mapping[str, np.ndarray]) -> list[str]:
-    return [name for name, a in arrays.items() if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()]
+    """Names of the floating arrays holding NaN or infinite values. The floating types of ml_dtypes
+    (float8_*, bfloat16), which numpy does not count as floating, are checked through float32."""
+    found = []
+    for name, a in arrays.items():
+        if not np.issubdtype(a.dtype, np.floating):
+            if not a.dtype.name.startswith(("float", "bfloat")):
+                continue
+            a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            found.append(name)
+    return found

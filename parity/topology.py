@@ -15,7 +15,9 @@ layer-by-layer comparison derives them from devinet's BatchNorm and head outputs
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from devinet.errors import FileFormatError
+from devinet.limits import MAX_MODEL_ELEMENTS, MAX_WEIGHT_ELEMENTS
 
 #: Keras class of a weightless legacy layer, from its automatic name (weights-only files have no config)
 _CLASS_BY_PREFIX = {
@@ -90,6 +93,7 @@ class KerasFile:
         keras_version: as recorded in the file, '' if absent.
         has_config: the file carries the model's architecture (layer classes and configs).
         input_shape: the model input's shape without the batch axis, when known.
+        notes: what reading changed in the stored values (byte order, precision), for the report.
     """
 
     path: Path
@@ -99,6 +103,7 @@ class KerasFile:
     keras_version: str = ""
     has_config: bool = False
     input_shape: tuple[int | None, ...] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def is_legacy(self) -> bool:
@@ -116,6 +121,54 @@ class KerasFile:
     def num_weights(self) -> int:
         """Scalars in all layer weights (what Keras' ``count_params`` reports)."""
         return sum(int(a.size) for layer in self.layers for a in layer.weights.values())
+
+
+class WeightReader:
+    """Reads the weights of one file within :mod:`devinet.limits`, in the machine's float types.
+
+    Each dataset's declared shape is checked before it is read (one weight, and all of the
+    file's weights together), so a small file declaring a huge dataset allocates nothing.
+    Floating data of any precision and byte order is accepted: big-endian values are brought
+    to the native byte order (exact) and long double (float96/float128, which torch cannot
+    hold) is rounded to float64; each change is recorded once in :attr:`notes`.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.elements = 0
+        self.notes: dict[str, None] = {}
+
+    def read(self, dataset: Any, where: str) -> np.ndarray:
+        """The array of h5py ``dataset`` (named ``where`` in messages), checked and converted."""
+        shape = getattr(dataset, "shape", None)
+        if shape is None or not hasattr(dataset, "dtype"):
+            raise FileFormatError(self.path, f"weight {where} is not an array of numbers")
+        size = math.prod(shape)
+        if size > MAX_WEIGHT_ELEMENTS:
+            raise FileFormatError(self.path, f"weight {where} declares shape {tuple(shape)} ({size:,} elements); "
+                                             f"no model of the family has a weight of more than "
+                                             f"{MAX_WEIGHT_ELEMENTS:,}")
+        self.elements += size
+        if self.elements > MAX_MODEL_ELEMENTS:
+            raise FileFormatError(self.path, f"the weights declare more than {MAX_MODEL_ELEMENTS:,} elements in all "
+                                             f"(at {where}); no model of the family holds that many")
+        if dataset.dtype.kind != "f":
+            raise FileFormatError(self.path, f"weight {where} has dtype {dataset.dtype}; "
+                                             "Keras weights are floating point")
+        return self._native(np.asarray(dataset[()]))
+
+    def _native(self, array: np.ndarray) -> np.ndarray:
+        stored = array.dtype
+        if not stored.isnative:
+            array = array.astype(stored.newbyteorder("="))
+            self.notes.setdefault(f"weights stored big-endian ({stored.str}) were read in the machine's byte order")
+        if array.dtype.itemsize > 8:  # long double: torch has no such type
+            with warnings.catch_warnings(), np.errstate(over="ignore"):
+                warnings.simplefilter("ignore")
+                array = array.astype(np.float64)
+            self.notes.setdefault(f"weights stored as {stored.name} (long double) were rounded to float64, "
+                                  "then to the model's float32")
+        return array
 
 
 def decode(value: Any) -> str:

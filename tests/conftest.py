@@ -95,3 +95,42 @@ def fresh_python():
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     return run
+
+
+# ---------------------------------------------------------------------- hostile inputs under resource limits
+_LIMITED_CHILD = r"""
+import json, resource, signal, sys
+kind, limit, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the size limit fails with EFBIG instead
+resource.setrlimit({"memory": resource.RLIMIT_AS, "file_size": resource.RLIMIT_FSIZE}[kind], (limit, limit))
+from devinet.cli import main
+code = main(sys.argv[4:])
+with open("/proc/self/status") as status:
+    fields = dict(line.split(":", 1) for line in status)
+with open(report, "w") as out:
+    json.dump({"peak_rss_bytes": 1024 * int(fields["VmHWM"].split()[0])}, out)
+sys.exit(code)
+"""
+
+#: lines that TensorFlow's C++ logging writes to stderr on import, whatever the command
+_TENSORFLOW_LOG = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ",
+                   "To enable the following instructions")
+
+
+@pytest.fixture()
+def limited_devinet(tmp_path_factory):
+    """Runs ``devinet ARGV`` in a child process under a resource limit: ``memory`` (RLIMIT_AS, the
+    address space) or ``file_size`` (RLIMIT_FSIZE, SIGXFSZ ignored, as a full disk). Returns
+    (exit status, stdout, stderr lines without TensorFlow's start-up log, peak RSS in bytes or
+    None when the child died before reporting it)."""
+    def run(kind: str, limit: int, argv: list, timeout: float = 300):
+        report = tmp_path_factory.mktemp("limited") / "report.json"
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+        done = subprocess.run([sys.executable, "-c", _LIMITED_CHILD, kind, str(limit), str(report),
+                               *map(str, argv)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        err = [line for line in done.stderr.splitlines() if not line.startswith(_TENSORFLOW_LOG)]
+        peak = json.loads(report.read_text())["peak_rss_bytes"] if report.is_file() else None
+        return done.returncode, done.stdout, err, peak
+
+    return run

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from devinet import features as F
+from devinet import limits
 from devinet.cli import main
 from experiments import packing as P
 
@@ -158,7 +161,7 @@ def test_torch_backend_packs_and_skips_the_same_clips(bad_folder, packed, tmp_pa
 
 def test_clip_too_long_to_decode_is_skipped_not_fatal(bad_folder, tmp_path, monkeypatch):
     """A clip whose decoding would exhaust memory is skipped on record before it is decoded."""
-    monkeypatch.setattr(P, "MAX_SECONDS", 60.0)
+    monkeypatch.setattr(limits, "MAX_CLIP_SECONDS", 60.0)
     result = P.pack_split(bad_folder, tmp_path / "x.h5", jobs=1, chunk_size=4, progress=False)
     reasons = {s.key: (s.kind, s.detail) for s in result.skipped}
     kind, detail = reasons["very_long_10min"]
@@ -220,3 +223,93 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed
     assert again.names == packed[1].names
     np.testing.assert_array_equal(again.features, packed[1].features)
     assert P.read_skipped(out) == packed[0].skipped
+
+
+# ---------------------------------------------------------------------- hostile clips (issue 22, class c9)
+REAL_CLIP = "Y-_A4yJmxFdM_30.000_40.000.wav"  # a genuine 10-s 44.1-kHz clip of the reference data
+
+#: case id -> (clip name, what its record says: the reference backend's reason, the torch backend's)
+HOSTILE_CLIPS = {
+    "c9-rate_above_8192000_Hz": ("rate_9_MHz", "sample rate 9,000,000 Hz is outside the 4,000-768,000 Hz accepted"),
+    "c9-rate_of_1_Hz": ("rate_1_Hz", "sample rate 1 Hz is outside"),
+    "c9-samples_of_1.7e308": ("samples_1e308", ("non-finite features", "samples beyond float32's range")),
+    "c9-fifo_named_wav": ("fifo", "not a regular file (a FIFO, device or socket)"),
+}
+
+
+def _hostile_folder(reference_dir: Path, root: Path, with_good: bool = True) -> Path:
+    """Hostile clips derived from a genuine clip (and, ``with_good``, the genuine clip itself)."""
+    audio, rate = soundfile.read(reference_dir / "real_clips" / "wav" / REAL_CLIP)
+    wav = root / "wav"
+    wav.mkdir(parents=True)
+    if with_good:
+        soundfile.write(wav / "good.wav", audio, rate)
+    soundfile.write(wav / "rate_9_MHz.wav", audio, 9_000_000)
+    soundfile.write(wav / "rate_1_Hz.wav", audio[:1000], 1)  # 1,000 s, 16 million samples once resampled
+    soundfile.write(wav / "samples_1e308.wav", audio / np.abs(audio).max() * 1.7e308, rate, subtype="DOUBLE")
+    os.mkfifo(wav / "fifo.wav")  # soundfile.info on it would wait forever for a writer
+    return wav
+
+
+@pytest.fixture(scope="module", params=["reference", "torch"])
+def hostile_run(request, reference_dir, tmp_path_factory):
+    """`devinet features` on the hostile folder in a child process (a hang fails on its timeout)."""
+    root = tmp_path_factory.mktemp(f"hostile_{request.param}")
+    wav = _hostile_folder(reference_dir, root)
+    out = root / "out.h5"
+    done = subprocess.run([sys.executable, "-m", "devinet", "features", "--wav-dir", str(wav), "--out", str(out),
+                           "--jobs", "1", "--no-progress", "--backend", request.param],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    return request.param, done, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(HOSTILE_CLIPS))
+def test_hostile_clip_is_skipped_on_record_and_the_run_goes_on(case, hostile_run):
+    backend, done, out = hostile_run
+    assert done.returncode == 0, done.stderr
+    assert all(line.startswith("  skipped ") for line in done.stderr.splitlines()), done.stderr  # no traceback
+    assert "packed 1 clips" in done.stdout and P.load_packed(out).names == ["good"]
+    name, reasons = HOSTILE_CLIPS[case]
+    reason = reasons if isinstance(reasons, str) else reasons[backend == "torch"]
+    records = {s.key: s for s in P.read_skipped(out)}
+    assert records[name].kind == "unreadable" and reason in records[name].detail, records[name]
+    assert any(line.startswith(f"  skipped {name}: unreadable: ") and reason in line
+               for line in done.stderr.splitlines()), done.stderr
+    assert np.isfinite(P.load_packed(out).features).all()
+
+
+@pytest.mark.parametrize("case", ["c9-unforeseen_exception_in_one_clip"])  # the id counts the case in its class
+def test_any_failure_of_one_clip_is_recorded_and_the_others_packed(case, bad_folder, tmp_path, monkeypatch):
+    """Not only the audio errors foreseen: an unexpected exception in one clip's extraction is that
+    clip's skip reason (the run keeps every other clip)."""
+    real = P.extract_logmel
+
+    def failing(path, **kwargs):
+        if Path(path).stem == "rate_8k":
+            raise RuntimeError("an unforeseen failure")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(P, "extract_logmel", failing)
+    result = P.pack_split(bad_folder, tmp_path / "x.h5", jobs=1, chunk_size=4, progress=False)
+    records = {s.key: (s.kind, s.detail) for s in result.skipped}
+    assert records["rate_8k"] == ("unreadable", "feature extraction failed (RuntimeError: an unforeseen failure)")
+    assert sorted(P.load_packed(result.path).names) == sorted(set(PACKED) - {"rate_8k"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["c9-folder_of_hostile_clips_only"])
+def test_a_folder_of_hostile_clips_only_is_one_line_within_a_memory_limit(case, reference_dir, tmp_path,
+                                                                          limited_devinet):
+    """c9/c1: nothing packable, not even the 1-Hz clip that would resample to 16 million samples:
+    one line naming the folder, under a 2 GiB address-space limit, peak resident memory under 1 GiB."""
+    wav = _hostile_folder(reference_dir, tmp_path, with_good=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err, peak = limited_devinet("memory", 2 << 30, ["features", "--wav-dir", wav, "--out", out / "x.h5",
+                                                             "--jobs", "1", "--no-progress"], timeout=300)
+    assert code == 1 and len(err) == 1, err
+    assert err[0] == (f"devinet features: error: {wav}: none of the 4 clips could be packed "
+                      "(0 missing, 0 empty, 4 unreadable)"), err
+    assert peak is not None and peak < 1 << 30, peak
+    assert sorted(p.name for p in out.iterdir()) == []

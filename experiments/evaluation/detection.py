@@ -77,14 +77,15 @@ class _Scoring:
     n_unscorable: int
 
 
-def _scoring(events: Sequence[Event], truth_events: Sequence[Event]) -> _Scoring:
-    """Canonical keys, the reference's clips and sorted label list (the official script's), and
-    events grouped by clip; refuses predicted clips absent from the reference."""
+def _scoring(events: Sequence[Event], truth_events: Sequence[Event], clips: Sequence[str] = ()) -> _Scoring:
+    """Canonical keys, the reference's clips (and ``clips``: clips of the evaluated set without any
+    reference event, valid negatives) and sorted label list (the official script's), and events
+    grouped by clip; refuses predicted clips absent from both."""
     truth_events = [Event(clip_key(e.key), e.onset, e.offset, e.label) for e in truth_events]
     events = [Event(clip_key(e.key), e.onset, e.offset, e.label) for e in events]
     if not truth_events:
         raise InputError("the reference has no events")
-    files = sorted({event.key for event in truth_events})
+    files = sorted({event.key for event in truth_events} | {clip_key(key) for key in clips})
     labels = sorted({event.label for event in truth_events})
     check_clip_sets(sorted({event.key for event in events}), files, allow_missing=True)
     scorable = [event for event in events if event.label in labels]
@@ -97,10 +98,11 @@ def _scoring(events: Sequence[Event], truth_events: Sequence[Event]) -> _Scoring
 
 
 def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
-                 time_resolution: float = SEGMENT_SEC) -> dict:
+                 time_resolution: float = SEGMENT_SEC, clips: Sequence[str] = ()) -> dict:
     """Official segment-based SED metrics (sed_eval ``SegmentBasedMetrics``) of events against the reference.
 
-    Every clip of ``truth_events`` is evaluated (a clip without predicted events counts its
+    Every clip of ``truth_events``, and of ``clips`` (clips of the evaluated set without any
+    reference event: valid negatives, where every predicted event is an insertion), is evaluated (a clip without predicted events counts its
     active reference segments as deletions), over the reference's label list, each clip's
     length being its largest reference or predicted offset (sed_eval's default, as the official
     script). Reference rows with onset = offset = 0 put their clip and label in the evaluation
@@ -114,7 +116,7 @@ def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
     """
     if not time_resolution > 0:
         raise InputError(f"time_resolution must be > 0, got {time_resolution}")
-    scoring = _scoring(events, truth_events)
+    scoring = _scoring(events, truth_events, clips)
     sed_eval = _import_sed_eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -139,7 +141,7 @@ EVENT_PERCENTAGE_OF_LENGTH: float = 0.2
 
 
 def evaluate_sed_events(events: Sequence[Event], truth_events: Sequence[Event], t_collar: float = EVENT_T_COLLAR,
-                        percentage_of_length: float = EVENT_PERCENTAGE_OF_LENGTH) -> dict:
+                        percentage_of_length: float = EVENT_PERCENTAGE_OF_LENGTH, clips: Sequence[str] = ()) -> dict:
     """Event-based SED metrics (sed_eval ``EventBasedMetrics``, onsets and offsets) of events against
     the reference: beyond the official metric, not part of the challenge's scoring.
 
@@ -153,7 +155,7 @@ def evaluate_sed_events(events: Sequence[Event], truth_events: Sequence[Event], 
     """
     if not t_collar >= 0 or not percentage_of_length >= 0:
         raise InputError(f"collars must be >= 0, got {t_collar} and {percentage_of_length}")
-    scoring = _scoring(events, truth_events)
+    scoring = _scoring(events, truth_events, clips)
     sed_eval = _import_sed_eval()
     without_extent = 0
     with warnings.catch_warnings():

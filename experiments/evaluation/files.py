@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 from devinet.errors import FileFormatError, InputError
 from devinet.postprocessing import at_decisions, class_thresholds
 from devinet.recipe import DEFAULT_N_SALT, DEFAULT_N_SMOOTH, DEFAULT_THRESHOLD, FRAME_STEP_SEC
-from experiments.meta import CLASSES, clip_key
+from experiments.meta import CLASSES, clip_key, read_listed_clips
 from experiments.provenance import versions
 
 from .common import check_clip_sets
@@ -80,8 +80,8 @@ def evaluate_sed_file(pred_path: str | os.PathLike, truth_path: str | os.PathLik
                       submission_out: str | os.PathLike | None = None, psds: bool = False) -> dict:
     """Score a frame-probability file (post-processed as CVSSP) or an SED submission against strong labels.
 
-    A probability file must cover exactly the reference's clips; a submission may omit clips
-    (no events). ``gate_path`` (AT probabilities or submission) keeps only the events of the
+    A probability file must cover exactly the reference's clips (those with events, and those
+    listed by name alone: clips without events); a submission may omit clips (no events). ``gate_path`` (AT probabilities or submission) keeps only the events of the
     clip's tagged classes: a different system from CVSSP's, reported as such. Writes the
     events as an SED submission to ``submission_out`` when given. Beside the official
     segment-based result, ``event_based`` holds the event-based metrics and, with ``psds``
@@ -90,7 +90,7 @@ def evaluate_sed_file(pred_path: str | os.PathLike, truth_path: str | os.PathLik
     if psds and gate_path is not None:
         raise InputError("PSDS scores CVSSP's system over all its thresholds: it cannot be gated by AT decisions")
     truth = read_sed_truth(truth_path)
-    files = sorted({event.key for event in truth})
+    files = sorted(read_listed_clips(truth_path))
     gate = tags_from_file(gate_path, files, gate_threshold) if gate_path is not None else None
     kind = detect_prediction_format(pred_path)
     settings: dict = {}
@@ -114,7 +114,7 @@ def evaluate_sed_file(pred_path: str | os.PathLike, truth_path: str | os.PathLik
         else:
             raise InputError("clip-level probabilities (one line per clip) given for sound event "
                              "detection: use `evaluate at`, or a sed_prob_mat_list file")
-        result = evaluate_sed(events, truth) | {"event_based": evaluate_sed_events(events, truth)}
+        result = evaluate_sed(events, truth, clips=files) | {"event_based": evaluate_sed_events(events, truth, clips=files)}
     if submission_out is not None:
         write_sed_submission(submission_out, events, files)
     gating = {"gated_by_at": os.fspath(gate_path) if gate_path is not None else None}

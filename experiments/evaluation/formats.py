@@ -14,14 +14,15 @@ import contextlib
 import gzip
 import io
 import os
-import zlib
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from devinet._io import atomic_path
 from devinet.errors import FileFormatError, InputError
-from experiments.meta import CLASSES, Event, clip_key, is_number, read_strong_labels, read_weak_labels
+from devinet.limits import MAX_CLIP_SECONDS
+from experiments.meta import (CLASSES, Event, clip_key, is_gzip, is_number, read_strong_labels, read_weak_labels,
+                              text_lines)
 
 
 #: Kinds of prediction file that :func:`detect_prediction_format` recognises.
@@ -31,34 +32,12 @@ SED_PROBABILITIES = "sed_probabilities"
 
 SUBMISSION = "submission"
 
-_GZIP_MAGIC = b"\x1f\x8b"
-
 
 def _iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """(line number, text) of the data lines of a plain or gzip text file (blank and ``#`` lines skipped)."""
-    try:
-        with open(path, "rb") as probe:
-            compressed = probe.read(2) == _GZIP_MAGIC
-        opener = gzip.open if compressed else open
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                text = line.rstrip("\r\n")
-                if text.strip() and not text.lstrip().startswith("#"):
-                    yield line_no, text
-    except FileNotFoundError:
-        raise FileFormatError(path, "no such file") from None
-    except IsADirectoryError:
-        raise FileFormatError(path, "is a directory, expected a prediction file") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise FileFormatError(path, f"corrupt gzip file ({exc or 'truncated'})") from None
-    except UnicodeDecodeError as exc:
-        raise FileFormatError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
-
-def _is_gzip(path: str | os.PathLike) -> bool:
-    with contextlib.suppress(OSError):
-        with open(path, "rb") as probe:
-            return probe.read(2) == _GZIP_MAGIC
-    return False
+    for line_no, text in text_lines(path, gzipped=is_gzip(path)):
+        if text.strip() and not text.lstrip().startswith("#"):
+            yield line_no, text
 
 def detect_prediction_format(path: str | os.PathLike) -> str:
     """Recognise a prediction file by its content.
@@ -72,11 +51,11 @@ def detect_prediction_format(path: str | os.PathLike) -> str:
     for line_no, text in _iter_lines(path):
         fields = text.split("\t")
         if first is None:
-            if len(fields) >= 2 and all(is_number(value) for value in fields[1:]):
+            if len(fields) >= 2 and all(is_number(value, finite=False) for value in fields[1:]):
                 first = fields
                 continue
             if len(fields) == 1 or (len(fields) == 4 and is_number(fields[1]) and is_number(fields[2])):
-                if _is_gzip(path):
+                if is_gzip(path):
                     raise FileFormatError(path, "gzip-compressed submission: submissions are plain text files")
                 return SUBMISSION
             raise FileFormatError(
@@ -114,14 +93,14 @@ def _parse_probability_rows(path: str | os.PathLike, n_classes: int) -> tuple[li
                             comments=None)
     except ValueError:
         for line_no, row in zip(line_numbers, rows):
-            bad = next((value for value in row.split("\t") if not is_number(value)), None)
+            bad = next((value for value in row.split("\t") if not is_number(value, finite=False)), None)
             if bad is not None:
                 raise FileFormatError(path, f"line {line_no}: {bad!r} is not a number") from None
         raise
     outside = ~((values >= 0.0) & (values <= 1.0))  # also catches NaN
     if outside.any():
         row, column = np.argwhere(outside)[0]
-        raise FileFormatError(path, f"line {line_numbers[row]}: probability {values[row, column]!r} "
+        raise FileFormatError(path, f"line {line_numbers[row]}: probability {float(values[row, column])!r} "
                                     f"of class {column + 1} is outside [0, 1]")
     return keys, line_numbers, values
 
@@ -225,9 +204,13 @@ def read_at_submission(path: str | os.PathLike, classes: Sequence[str] = CLASSES
     return tags
 
 def read_sed_submission(path: str | os.PathLike, classes: Sequence[str] = CLASSES) -> list[Event]:
-    """Read an SED submission into events (``name<TAB>onset<TAB>offset<TAB>label``; bare names give none)."""
+    """Read an SED submission into events (``name<TAB>onset<TAB>offset<TAB>label``; bare names give none).
+
+    An event ending after its clip (duration from the clip's name) is refused.
+    """
     events = read_strong_labels(path)
     _check_event_labels(path, events, classes)
+    _check_within_clips(path, events, "")
     return events
 
 def key_times(key: str) -> tuple[str, str]:
@@ -299,11 +282,16 @@ def read_sed_truth(path: str | os.PathLike, classes: Sequence[str] = CLASSES) ->
     if not events:
         raise FileFormatError(path, "no events in the ground truth")
     _check_event_labels(path, events, classes)
+    _check_within_clips(path, events, " (a weak-label file given as strong labels?)")
+    return events
+
+
+def _check_within_clips(path, events: Sequence[Event], hint: str) -> None:
+    """Refuse an event that ends after its clip: the clip's duration is ``end - start`` of its name,
+    and no clip is longer than :data:`devinet.limits.MAX_CLIP_SECONDS`."""
     for event in events:
         start, end = key_times(event.key)
-        duration = float(end) - float(start)
+        duration = min(float(end) - float(start), MAX_CLIP_SECONDS)
         if event.offset > duration + 1e-6:
-            raise FileFormatError(path, f"clip {event.key}: event {event.label!r} ends at {event.offset} s, "
-                                        f"after the clip's {duration:g} s (a weak-label file given as "
-                                        f"strong labels?)")
-    return events
+            raise FileFormatError(path, f"clip {event.key}: event {event.label!r} ends at {event.offset:g} s, "
+                                        f"after the clip's {duration:g} s{hint}")

@@ -65,6 +65,6 @@ def run(args: argparse.Namespace) -> int:
                        allow_nonfinite=args.allow_nonfinite)
     print(f"{src} ({origin}) -> {dst} ({dst_fmt or 'devinet checkpoint'}): {conversion.detection.preset}, "
           f"{model.num_parameters():,} parameters{', Theano kernels flipped' if conversion.flipped else ''}")
-    for note in conversion.detection.notes:
+    for note in conversion.metadata["notes"]:
         print(f"note: {note}")
     return 0

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     reports = parity_reports(Path(args.src), recording=args.reference, checkpoint=args.checkpoint,
                              preset=args.preset, theano_flip=args.theano_flip, seed=args.seed, batch=args.batch,
                              dtypes=dtypes,
-                             progress=lambda items, **kw: tqdm(items, file=sys.stderr, leave=False, **kw))
+                             progress=lambda items, **kw: tqdm(items, file=sys.stderr, leave=False, disable=None,
+                                                               **kw))
     text = "\n\n".join(format_report(report) for report in reports)
     print(text)
     if args.report:
