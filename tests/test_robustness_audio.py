@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import import_or_require
 from devinet import features as F
 from devinet.cli import main
 from experiments import packing as P
 
-soundfile = pytest.importorskip("soundfile")
-pytest.importorskip("h5py")
+soundfile = import_or_require("soundfile", "features")
+import_or_require("h5py", "features")
 
 SILENCE = math.log(F.LOG_OFFSET)
 
@@ -184,36 +185,28 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed
     """A worker process killed mid-run (as the out-of-memory killer would): one line naming the output,
     the finished chunks kept, and the rerun completes with the same file as an uninterrupted run."""
     import signal
-    import threading
+    from concurrent.futures.process import BrokenProcessPool
 
-    pools = []
-    real_pool = P.process_pool
+    real_bounded = P.bounded
 
-    def recording_pool(workers, preload=()):
-        pools.append(real_pool(workers, preload))
-        return pools[-1]
+    def bounded_then_kill_a_worker(pool, submit, items, window):
+        """Once the first chunk is written (workers up and busy), a worker SIGKILLs itself."""
+        results = real_bounded(pool, submit, items, window)
+        yield next(results)
+        death = pool.submit(signal.raise_signal, signal.SIGKILL)
+        assert isinstance(death.exception(timeout=120), BrokenProcessPool)  # the pool saw it die
+        yield from results
 
-    work = tmp_path / ".bad.h5.work"
-
-    def kill_a_worker() -> None:
-        """Once the first chunk is on disk (workers up and busy), SIGKILL one of them."""
-        while not (pools and getattr(pools[0], "_processes", None) and list(work.glob("chunk_*.npz"))):
-            threading.Event().wait(0.01)
-        os.kill(next(iter(pools[0]._processes)), signal.SIGKILL)
-
-    monkeypatch.setattr(P, "process_pool", recording_pool)
-    killer = threading.Thread(target=kill_a_worker, daemon=True)
-    killer.start()
-    out = tmp_path / "bad.h5"
+    monkeypatch.setattr(P, "bounded", bounded_then_kill_a_worker)
+    out, work = tmp_path / "bad.h5", tmp_path / ".bad.h5.work"
     argv = ["features", "--wav-dir", str(bad_folder), "--out", str(out), "--jobs", "2", "--chunk-size", "2",
             "--no-progress"]
     code = main(argv)
-    killer.join(timeout=60)
     err = capsys.readouterr().err.splitlines()
     assert code == 1 and len(err) == 1, err
     assert str(out) in err[0] and "worker process died" in err[0] and "run the same command again" in err[0]
     assert not out.exists() and list(work.glob("chunk_*.npz"))  # the finished chunks are kept
-    monkeypatch.setattr(P, "process_pool", real_pool)
+    monkeypatch.setattr(P, "bounded", real_bounded)
     assert main(argv) == 0
     assert "resumed:" in capsys.readouterr().out
     again = P.load_packed(out)

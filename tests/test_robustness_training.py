@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import time
@@ -131,13 +132,12 @@ def run_child_until(marker: str | None, data_path: Path, folder: Path) -> list[s
     deadline = time.monotonic() + 300
     try:
         while True:
-            # Poll briefly and check the child: a copy of its pipe end may outlive it (fork server),
-            # so its death does not always show as end-of-file.
-            if not ours.poll(0.05):
-                if not process.is_alive():
-                    break  # it ended on its own: the exit code below says how
-                assert time.monotonic() < deadline, f"the training child went silent after {seen[-3:]}"
-                continue
+            # Wait for a message or the child's exit: a copy of its pipe end may outlive it (fork
+            # server), so its death does not always show as end-of-file.
+            ready = multiprocessing.connection.wait([ours, process.sentinel], max(0.0, deadline - time.monotonic()))
+            assert ready, f"the training child went silent after {seen[-3:]}"
+            if ours not in ready:
+                break  # it ended on its own: the exit code below says how
             try:
                 seen.append(ours.recv())
             except EOFError:
