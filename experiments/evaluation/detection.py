@@ -63,6 +63,26 @@ def _sed_eval_items(events: Sequence[Event]) -> list[dict]:
     return [{"filename": event.key, "event_onset": float(event.onset), "event_offset": float(event.offset),
              "event_label": event.label} for event in events]
 
+def _segment_based_metrics(files: list[str], labels: list[str], truth_events: Sequence[Event],
+                           events: Sequence[Event], time_resolution: float):
+    """sed_eval's ``SegmentBasedMetrics`` over ``labels`` after every clip of ``files``, and its overall results."""
+    by_file: dict[str, tuple[list[Event], list[Event]]] = {key: ([], []) for key in files}
+    for event in truth_events:
+        by_file[event.key][0].append(event)
+    for event in events:
+        by_file[event.key][1].append(event)
+    sed_eval = _import_sed_eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels,
+                                                           time_resolution=float(time_resolution))
+        for key in files:
+            reference, estimated = by_file[key]
+            metrics.evaluate(reference_event_list=_sed_eval_items(reference),
+                             estimated_event_list=_sed_eval_items(estimated))
+        return metrics, metrics.results_overall_metrics()
+
+
 def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
                  time_resolution: float = SEGMENT_SEC) -> dict:
     """Official segment-based SED metrics (sed_eval ``SegmentBasedMetrics``) of events against the reference.
@@ -89,23 +109,7 @@ def evaluate_sed(events: Sequence[Event], truth_events: Sequence[Event],
     labels = sorted({event.label for event in truth_events})  # the official script's list: sorted
     check_clip_sets(sorted({event.key for event in events}), files, allow_missing=True)
     scorable = [event for event in events if event.label in labels]
-
-    by_file: dict[str, tuple[list[Event], list[Event]]] = {key: ([], []) for key in files}
-    for event in truth_events:
-        by_file[event.key][0].append(event)
-    for event in scorable:
-        by_file[event.key][1].append(event)
-
-    sed_eval = _import_sed_eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        metrics = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels,
-                                                           time_resolution=float(time_resolution))
-        for key in files:
-            reference, estimated = by_file[key]
-            metrics.evaluate(reference_event_list=_sed_eval_items(reference),
-                             estimated_event_list=_sed_eval_items(estimated))
-        overall = metrics.results_overall_metrics()
+    metrics, overall = _segment_based_metrics(files, labels, truth_events, scorable, time_resolution)
 
     counts = {name: int(round(float(metrics.overall[name]))) for name in ("S", "D", "I", "Nref", "Nsys", "Ntp")}
     defined = counts["Nref"] > 0
