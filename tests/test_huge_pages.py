@@ -126,6 +126,7 @@ def test_unavailable_huge_pages_are_one_clear_line(monkeypatch, capsys, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.allocator
 @pytest.mark.skipif(runtime.huge_pages_unavailable() is not None,
                     reason=f"huge pages unavailable here: {runtime.huge_pages_unavailable()}")

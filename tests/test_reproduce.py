@@ -30,6 +30,7 @@ def tiny(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_writes_results_table_and_figures(tiny):
     results = json.loads((tiny / "results.json").read_text())
     assert set(results["systems"]) == {"crnn_baseline", "gated_crnn_mean", "gated_crnn_attention", "fusion"}
@@ -60,6 +61,7 @@ def test_tiny_pipeline_writes_results_table_and_figures(tiny):
     assert not big
 
 
+@pytest.mark.slow
 def test_reported_scores_match_the_official_files(tiny):
     """results.json agrees with scoring the written CVSSP probability files through `devinet evaluate`'s path."""
     results = json.loads((tiny / "results.json").read_text())
@@ -75,6 +77,7 @@ def test_reported_scores_match_the_official_files(tiny):
         assert ours["sed"]["f1"] == pytest.approx(sed["f1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_fusion_averages_its_members(tiny):
     base = tiny / "work" / "predictions" / "synthetic-tiny-seed2017" / "tiny-seed2017"
     keys, fused = E.read_at_probabilities(base / "fusion" / "at_prob_mat.csv.gz")
@@ -82,6 +85,7 @@ def test_fusion_averages_its_members(tiny):
     np.testing.assert_allclose(fused, np.mean(members, axis=0), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_training_again(tiny):
     before = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
     first = json.loads((tiny / "results.json").read_text())
@@ -94,6 +98,7 @@ def test_rerun_resumes_without_training_again(tiny):
         assert second["systems"][name]["sed"] == first["systems"][name]["sed"]
 
 
+@pytest.mark.slow
 def test_real_data_mode_tolerates_missing_clips(tiny, tmp_path):
     """--data-root: the same pipeline on a folder in the official layout, some testing clips missing."""
     source = tiny / "work" / "data" / "synthetic-tiny-seed2017"
@@ -118,6 +123,7 @@ def test_real_data_mode_tolerates_missing_clips(tiny, tmp_path):
     assert results["ordering"] == []  # one system: nothing to compare
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "devinet.cli", "reproduce", "--size", "tiny", "--data-root",
                            str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],

@@ -94,6 +94,7 @@ def packed(bad_folder, tmp_path_factory):
     return result, P.load_packed(out)
 
 
+@pytest.mark.slow
 def test_every_clip_is_packed_or_skipped_with_a_reason(packed):
     result, split = packed
     assert dict(zip(split.names, split.n_frames.tolist())) == PACKED

@@ -329,6 +329,7 @@ def test_failed_overwrite_keeps_the_old_checkpoint(good, tmp_path, monkeypatch):
     assert leftovers(tmp_path, {"m.pt"}) == []
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_leaves_no_checkpoint(tmp_path):
     """SIGKILL in the middle of writing: the destination never exists half-written."""
     destination = tmp_path / "m.pt"

@@ -224,6 +224,7 @@ def _first_epoch(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_is_a_clear_error(tmp_path):
     folder = _first_epoch(tmp_path)
     path = RunFolder(folder).checkpoint(1)
@@ -241,6 +242,7 @@ class _Payload:
         return os.system, (f"touch '{self.marker}'",)
 
 
+@pytest.mark.slow
 def test_hostile_checkpoint_in_a_run_folder_is_never_executed(tmp_path):
     folder = _first_epoch(tmp_path)
     path = RunFolder(folder).checkpoint(1)
@@ -255,6 +257,7 @@ def test_hostile_checkpoint_in_a_run_folder_is_never_executed(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_training_state_holds_plain_data_only(reference):
     """What a resume reads: dicts, lists, strings, numbers and tensors, nothing that needs a class."""
     state = torch.load(RunFolder(reference).checkpoint(3), weights_only=True)
