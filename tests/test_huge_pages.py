@@ -90,6 +90,7 @@ def test_the_commands_take_the_option(command):
     assert args.huge_pages is True
 
 
+@pytest.mark.slow
 def test_the_command_runs_again_with_the_tunable_and_returns_its_exit_code(monkeypatch, tmp_path):
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(runtime, "huge_pages_unavailable", lambda: None)

@@ -105,12 +105,14 @@ def test_every_clip_is_packed_or_skipped_with_a_reason(packed):
     assert np.isfinite(split.features).all()
 
 
+@pytest.mark.slow
 def test_packed_bad_audio_equals_the_reference_extraction(bad_folder, packed):
     _, split = packed
     for name, row in zip(split.names, split.features):
         np.testing.assert_array_equal(row, F.pad_or_truncate(F.extract_logmel(bad_folder / f"{name}.wav")), name)
 
 
+@pytest.mark.slow
 def test_silence_and_antiphase_stereo_give_the_log_floor(packed):
     """Digital silence is valid audio (log(0 + 1e-8)); anti-phase channels average to silence, as in the original."""
     _, split = packed
@@ -118,6 +120,7 @@ def test_silence_and_antiphase_stereo_give_the_log_floor(packed):
         np.testing.assert_allclose(split.features[split.names.index(name)], SILENCE, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_clipped_and_overrange_audio_is_kept_finite(bad_folder, packed):
     _, split = packed
     clipped = split.features[split.names.index("clipped_int16")]
@@ -127,6 +130,7 @@ def test_clipped_and_overrange_audio_is_kept_finite(bad_folder, packed):
     assert np.abs(audio).max() > 1.0
 
 
+@pytest.mark.slow
 def test_very_long_clip_keeps_its_first_ten_seconds_and_its_length(bad_folder, packed):
     _, split = packed
     row = split.names.index("very_long_10min")
@@ -135,6 +139,7 @@ def test_very_long_clip_keeps_its_first_ten_seconds_and_its_length(bad_folder, p
     np.testing.assert_array_equal(split.features[row], F.extract_logmel(audio, rate)[: F.FRAMES])
 
 
+@pytest.mark.slow
 def test_other_rates_and_channel_counts(bad_folder, packed):
     _, split = packed
     for name, channels in (("rate_8k", 1), ("rate_48k", 1), ("rate_48k_stereo", 2), ("six_channels", 6)):
@@ -147,6 +152,7 @@ def test_other_rates_and_channel_counts(bad_folder, packed):
     assert eight[:, -8:].mean() < eight[:, :32].mean() - 5
 
 
+@pytest.mark.slow
 def test_torch_backend_packs_and_skips_the_same_clips(bad_folder, packed, tmp_path):
     result, split = packed
     torch_result = P.pack_split(bad_folder, tmp_path / "torch.h5", jobs=1, chunk_size=4, backend="torch",
@@ -168,6 +174,7 @@ def test_clip_too_long_to_decode_is_skipped_not_fatal(bad_folder, tmp_path, monk
     assert "very_long_10min" not in P.load_packed(result.path).names
 
 
+@pytest.mark.slow
 def test_cli_lists_every_skipped_clip_and_why(bad_folder, tmp_path, capsys):
     out = tmp_path / "bad.h5"
     code = main(["features", "--wav-dir", str(bad_folder), "--out", str(out), "--jobs", "1", "--no-progress"])
