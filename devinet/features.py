@@ -410,8 +410,9 @@ def extract_logmel_batch(
         waveforms: clips of shape (samples,) or (samples, channels) (channel mean), any lengths.
         sample_rate: one rate for all clips or one per clip; clips are grouped by rate.
         device: where to compute ("cuda" for large-scale extraction).
-        dtype: torch.float32 (fast; measured max |difference| to the reference 7e-4, mean 8e-7
-            on real clips) or torch.float64 (equal to the reference up to float32 rounding).
+        dtype: torch.float32 (fast; close to the reference, not equal: figures in
+            docs/benchmarks.md, "Code choices") or torch.float64 (equal to the reference up to
+            float32 rounding).
 
     Returns:
         One float32 (frames_i, 64) array per clip, unpadded, in input order.

@@ -12,9 +12,10 @@ Layout of the packed file (``FORMAT_VERSION`` 1), clips in metadata order:
   ``backend``, ``meta``, ``wav_dir``.
 
 The work runs in a pool of processes, one chunk of clips per task. Each finished chunk is
-written atomically into a work folder beside the output (``.<out>.work/``), so a run that is
-interrupted, even by SIGKILL, resumes where it stopped without redoing finished chunks; the
-output appears (atomically) only once every chunk is done, and the work folder is removed.
+written atomically into a work folder beside the output (``.<out>.work/``, see
+:mod:`experiments.packing_work`), so a run that is interrupted, even by SIGKILL, resumes where
+it stopped without redoing finished chunks; the output appears (atomically) only once every
+chunk is done, and the work folder is removed.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ import hashlib
 import json
 import math
 import os
-import re
-import shutil
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -39,16 +37,16 @@ from devinet.features import (
     canonical_resampler,
     extract_logmel, extract_logmel_batch, num_frames, pad_or_truncate, read_audio, resampled_length,
 )
-from devinet._io import atomic_path, atomic_write_json, check_destination, exclusive_lock, import_h5py, open_h5
+from devinet._io import atomic_path, check_destination, import_h5py, open_h5
 from devinet.errors import DevinetError, FileFormatError, InputError, first_line
 
 from . import meta
+from .packing_work import WorkFolder
 from .workers import bounded, process_pool, usable_cores
 
 FORMAT_VERSION = 1
 BACKENDS = ("reference", "torch")
 SKIP_KINDS = ("missing", "empty", "unreadable")
-_CHUNK_NAME = re.compile(r"^chunk_(\d{6})\.npz$")
 #: modules the worker processes import once, up front
 _PRELOAD = (__name__, "scipy.signal", "soundfile", "librosa")
 
@@ -271,94 +269,6 @@ def _chunk_arrays(done: list[tuple[str, np.ndarray]], skipped: list[Skipped],
 
 
 # --------------------------------------------------------------------------------------------
-# The work folder: a manifest naming the job, one file per finished chunk
-
-
-class _WorkFolder:
-    """``.<out>.work/`` beside the output: ``lock``, ``manifest.json`` (the job) and chunk files."""
-
-    def __init__(self, out_path: Path, job: dict, force: bool):
-        self.path = out_path.parent / f".{out_path.name}.work"
-        self.job = job
-        self._lock = None
-        if self.path.exists() and not self.path.is_dir():
-            raise FileFormatError(self.path, "is not a folder (remove it)")
-        self.path.mkdir(exist_ok=True)
-        self._take_lock()
-        try:
-            self._adopt(force)
-            # Temporary files of atomic writes cut short by a kill (ours: we hold the lock).
-            for stale in [*self.path.glob(".*.tmp"), *out_path.parent.glob(f".{out_path.name}.*.h5")]:
-                stale.unlink(missing_ok=True)
-        except BaseException:
-            self.release()
-            raise
-
-    def _adopt(self, force: bool) -> None:
-        """Keep the chunks of an unfinished run of this same job; refuse (or with ``force``
-        discard) those of another job."""
-        manifest = self.path / "manifest.json"
-        if manifest.is_file():
-            try:
-                previous = json.loads(manifest.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                previous = None
-            if previous != self.job:
-                if not force:
-                    raise FileFormatError(self.path, "holds an unfinished run of a different job (other clips, "
-                                                     "recipe or chunk size); remove it or use --force to discard it")
-                for entry in self.path.iterdir():
-                    if entry.name != "lock":
-                        entry.unlink()
-        atomic_write_json(manifest, self.job)
-
-    def _take_lock(self) -> None:
-        self._lock = exclusive_lock(self.path / "lock", "another devinet features run is writing this output")
-
-    def chunk_path(self, index: int) -> Path:
-        return self.path / f"chunk_{index:06d}.npz"
-
-    def finished(self, chunks: list[list[str]]) -> set[int]:
-        """Indices of chunks already on disk and whole (names match the plan); others are removed."""
-        done = set()
-        for entry in self.path.iterdir():
-            match = _CHUNK_NAME.match(entry.name)
-            if not match:
-                continue
-            index = int(match.group(1))
-            try:
-                with np.load(entry, allow_pickle=False) as arrays:  # reads only these two members
-                    names = [*arrays["names"].tolist(), *arrays["skipped_names"].tolist()]
-                whole = index < len(chunks) and sorted(names) == sorted(chunks[index])
-            except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
-                whole = False
-            if whole:
-                done.add(index)
-            else:
-                entry.unlink()
-        return done
-
-    def write_chunk(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        with atomic_path(self.chunk_path(index), suffix=".tmp") as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
-
-    def read_chunk(self, index: int) -> dict[str, np.ndarray]:
-        with np.load(self.chunk_path(index), allow_pickle=False) as arrays:
-            return {name: arrays[name] for name in arrays.files}
-
-    def remove(self) -> None:
-        """Delete the folder (the job is done)."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.release()
-
-    def release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-
-# --------------------------------------------------------------------------------------------
 # Packing
 
 
@@ -394,27 +304,13 @@ def pack_split(
     Missing, empty and unreadable clips are skipped and listed, never fatal. A run cut short
     resumes when called again with the same arguments.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    resampler = canonical_resampler(resampler)
-    if backend == "torch" and resampler != ORIGINAL_RESAMPLER:
-        raise InputError("the torch backend implements the original resampler only")
-    if chunk_size < 1:
-        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
-    jobs = usable_cores() if jobs is None else jobs
-    if jobs < 1:
-        raise InputError(f"jobs must be >= 1, got {jobs}")
+    resampler, jobs = _checked_options(backend, resampler, chunk_size, jobs)
     out_path = check_destination(out_path, force)
     h5py = _h5py()
     keys, paths, labels = _plan(wav_dir, meta_path)
     chunks = _chunks(keys, chunk_size)
     this_recipe = recipe(backend, resampler)
-    job = {
-        "format_version": FORMAT_VERSION,
-        "clips": hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest(),
-        "n_clips": len(keys), "chunk_size": chunk_size, "recipe": this_recipe,
-    }
-    work = _WorkFolder(out_path, job, force)
+    work = WorkFolder(out_path, _job(keys, chunk_size, this_recipe), force)
     try:
         finished = work.finished(chunks)
         pending = [i for i in range(len(chunks)) if i not in finished]
@@ -438,6 +334,30 @@ def pack_split(
     return PackResult(out_path, result[0], result[1], len(finished), len(pending))
 
 
+def _checked_options(backend: str, resampler: str, chunk_size: int, jobs: int | None) -> tuple[str, int]:
+    """The canonical resampler name and the number of worker processes; InputError for bad options."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    resampler = canonical_resampler(resampler)
+    if backend == "torch" and resampler != ORIGINAL_RESAMPLER:
+        raise InputError("the torch backend implements the original resampler only")
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    jobs = usable_cores() if jobs is None else jobs
+    if jobs < 1:
+        raise InputError(f"jobs must be >= 1, got {jobs}")
+    return resampler, jobs
+
+
+def _job(keys: Sequence[str], chunk_size: int, this_recipe: dict) -> dict:
+    """What identifies a packing job in its work folder: the clips, their chunking and the recipe."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "clips": hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest(),
+        "n_clips": len(keys), "chunk_size": chunk_size, "recipe": this_recipe,
+    }
+
+
 def _h5py():
     return import_h5py("h5py", "features")
 
@@ -453,7 +373,7 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
         bar.close()
 
 
-def _run_reference(tasks: dict, work: _WorkFolder, resampler: str, jobs: int, bar) -> None:
+def _run_reference(tasks: dict, work: WorkFolder, resampler: str, jobs: int, bar) -> None:
     if not tasks:
         return
     with process_pool(jobs, _PRELOAD) as pool:
@@ -464,7 +384,7 @@ def _run_reference(tasks: dict, work: _WorkFolder, resampler: str, jobs: int, ba
             bar.update(len(tasks[index]))
 
 
-def _run_torch(tasks: dict, work: _WorkFolder, device: str, jobs: int, bar) -> None:
+def _run_torch(tasks: dict, work: WorkFolder, device: str, jobs: int, bar) -> None:
     if not tasks:
         return
     with process_pool(jobs, _PRELOAD) as pool:
@@ -497,7 +417,7 @@ def _torch_features(decoded: list, device: str, skipped: list[Skipped]) -> list[
     return out
 
 
-def _assemble(h5py, work: _WorkFolder, chunks, out_path: Path, labels, this_recipe, wav_dir, meta_path):
+def _assemble(h5py, work: WorkFolder, chunks, out_path: Path, labels, this_recipe, wav_dir, meta_path):
     """Write the HDF5 file from the chunk files, in plan order, atomically."""
     names: list[str] = []
     n_frames: list[np.ndarray] = []

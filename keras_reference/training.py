@@ -124,6 +124,30 @@ def _load_state(path: Path) -> dict:
         raise FileFormatError(path, f"unreadable training state ({exc})") from None
 
 
+def _resume_or_compile(model: keras.Model, run_dir: Path, sampler: BatchSampler, recipe: Recipe,
+                       resume: bool) -> tuple[keras.Model, int]:
+    """(the model to train, the last complete epoch): the last checkpoint of ``run_dir`` with its
+    sampler state restored, or ``model`` compiled with ``recipe`` when there is none."""
+    done = list_checkpoints(run_dir)
+    start = max(done, default=0)
+    if done and not resume:
+        raise FileFormatError(run_dir, f"already holds checkpoints up to epoch {start}; "
+                                       "resume, or train into an empty folder")
+    if not start:
+        compile_original(model, recipe)
+        return model, 0
+    state_path = done[start].with_suffix(".json")
+    state = _load_state(state_path)
+    if state.get("recipe") != dataclasses.asdict(recipe):
+        raise FileFormatError(state_path, f"was trained with recipe {state.get('recipe')}, "
+                                          f"not {dataclasses.asdict(recipe)}")
+    loaded = load_checkpoint(done[start])
+    if [layer.name for layer in loaded.layers] != [layer.name for layer in model.layers]:
+        raise FileFormatError(done[start], f"holds model {loaded.name!r}, not the {model.name!r} being trained")
+    sampler.set_state(state["sampler"])
+    return loaded, start
+
+
 def train(model: keras.Model, x: np.ndarray, y: np.ndarray, run_dir: str | os.PathLike, *, epochs: int,
           sampler: BatchSampler, recipe: Recipe = Recipe(), resume: bool = True,
           validation: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
@@ -159,24 +183,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, run_dir: str | os.Pa
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    done = list_checkpoints(run_dir)
-    start = max(done, default=0)
-    if done and not resume:
-        raise FileFormatError(run_dir, f"already holds checkpoints up to epoch {start}; "
-                                       "resume, or train into an empty folder")
-    if start:
-        state_path = done[start].with_suffix(".json")
-        state = _load_state(state_path)
-        if state.get("recipe") != dataclasses.asdict(recipe):
-            raise FileFormatError(state_path, f"was trained with recipe {state.get('recipe')}, "
-                                              f"not {dataclasses.asdict(recipe)}")
-        loaded = load_checkpoint(done[start])
-        if [layer.name for layer in loaded.layers] != [layer.name for layer in model.layers]:
-            raise FileFormatError(done[start], f"holds model {loaded.name!r}, not the {model.name!r} being trained")
-        model = loaded
-        sampler.set_state(state["sampler"])
-    else:
-        compile_original(model, recipe)
+    model, start = _resume_or_compile(model, run_dir, sampler, recipe, resume)
     model.run_eagerly = run_eagerly
 
     for epoch in range(start + 1, epochs + 1):

@@ -256,6 +256,47 @@ def _pool(layer: KerasLayer | None) -> tuple[int, int] | None:
 def signature_of(file: KerasFile) -> Signature:
     """Read the architecture's signature from a role-annotated file (see :func:`topology.assign_roles`)."""
     roles = file.by_role()
+    convs, final, head, rnn_layers = _signature_layers(file, roles)
+    next_in = [c.shape[2] for c in convs[1:]] + [final.weights["kernel"].shape[2]]
+    gated_conv = all(c.shape[3] == 2 * n for c, n in zip(convs, next_in))
+    kernel_sizes = {tuple(c.shape[:2]) for c in convs} | {tuple(final.weights["kernel"].shape[:2])}
+    if len(kernel_sizes) != 1 or len({*next(iter(kernel_sizes))}) != 1:
+        raise DevinetError(f"{file.path}: kernels must be square and all the same size, got {sorted(kernel_sizes)}")
+    gated_rnn = bool(rnn_layers) and all(len(group) == 2 for group in rnn_layers)
+    rnn_all = [layer for group in rnn_layers for layer in group]
+    reset_after = {layer.weights["forward/bias"].ndim == 2 for layer in rnn_all}
+    rec_acts = {_recurrent_activation(layer, file.is_legacy) for layer in rnn_all}
+    if len(reset_after) > 1 or len(rec_acts) > 1:
+        raise DevinetError(f"{file.path}: all GRUs must share reset_after and recurrent activation")
+    # Weights-only files carry no config: the activation is then unknown, not Keras' default tanh.
+    plain_acts = {layer.inner_config().get("activation", "tanh") for layer in rnn_all
+                  if layer.role.endswith("_gru") and layer.config}
+    image_input, n_mels = _input_facts(file, roles)
+    pools = [_pool(roles.get(f"pool_{j}")) for j in range(sum(1 for r in roles if re.fullmatch(r"pool_\d+", r)))]
+    known_pools = tuple(pools) if pools and all(p is not None for p in pools) else None
+    return Signature(
+        blocks=len(convs),
+        gated_conv=gated_conv,
+        conv_channels=int(convs[0].shape[3] // (2 if gated_conv else 1)),
+        kernel_size=int(convs[0].shape[0]),
+        final_conv_channels=int(final.weights["kernel"].shape[3]),
+        rnn_hidden=tuple(int(group[0].weights["forward/recurrent_kernel"].shape[0]) for group in rnn_layers),
+        gated_rnn=gated_rnn,
+        rnn_activation=plain_acts.pop() if len(plain_acts) == 1 else None,
+        rnn_reset_after=reset_after.pop() if reset_after else False,
+        rnn_recurrent_activation=rec_acts.pop() if rec_acts else "keras2_hard_sigmoid",
+        head="attention" if "head_attention" in roles else "mean",
+        num_classes=int(head.weights["kernel"].shape[1]),
+        image_input=image_input,
+        n_mels=n_mels,
+        pools=known_pools,
+        final_pool=_pool(roles.get("final_pool")),
+    )
+
+
+def _signature_layers(file: KerasFile, roles: dict[str, KerasLayer]):
+    """(conv kernels, final convolution, frame-wise dense layer, GRUs grouped per recurrent layer) of a
+    role-annotated file, with the weights the signature reads checked; DevinetError naming what is missing."""
     problems = []
     convs = []
     while f"gcnn_{len(convs)}_conv" in roles:
@@ -279,47 +320,18 @@ def signature_of(file: KerasFile) -> Signature:
     for layer in (layer for group in rnn_layers for layer in group):
         _weight(file, layer, "forward/recurrent_kernel", 2)
         _weight(file, layer, "forward/bias", (1, 2))
-    next_in = [c.shape[2] for c in convs[1:]] + [final.weights["kernel"].shape[2]]
-    gated_conv = all(c.shape[3] == 2 * n for c, n in zip(convs, next_in))
-    kernel_sizes = {tuple(c.shape[:2]) for c in convs} | {tuple(final.weights["kernel"].shape[:2])}
-    if len(kernel_sizes) != 1 or len({*next(iter(kernel_sizes))}) != 1:
-        raise DevinetError(f"{file.path}: kernels must be square and all the same size, got {sorted(kernel_sizes)}")
-    gated_rnn = bool(rnn_layers) and all(len(group) == 2 for group in rnn_layers)
-    rnn_all = [layer for group in rnn_layers for layer in group]
-    reset_after = {layer.weights["forward/bias"].ndim == 2 for layer in rnn_all}
-    rec_acts = {_recurrent_activation(layer, file.is_legacy) for layer in rnn_all}
-    if len(reset_after) > 1 or len(rec_acts) > 1:
-        raise DevinetError(f"{file.path}: all GRUs must share reset_after and recurrent activation")
-    # Weights-only files carry no config: the activation is then unknown, not Keras' default tanh.
-    plain_acts = {layer.inner_config().get("activation", "tanh") for layer in rnn_all
-                  if layer.role.endswith("_gru") and layer.config}
-    has_input_layers = any(layer.class_name in ("InputLayer", "Reshape") for layer in file.layers)
+    return convs, final, head, rnn_layers
+
+
+def _input_facts(file: KerasFile, roles: dict[str, KerasLayer]) -> tuple[bool | None, int | None]:
+    """(whether the model takes (T, F, 1) images with no Reshape, its mel bins); None where the file does not say."""
     image_input = None
     if file.input_shape is not None:
         image_input = len(file.input_shape) == 3
-    elif has_input_layers:
+    elif any(layer.class_name in ("InputLayer", "Reshape") for layer in file.layers):
         image_input = "to_image" not in roles
-    pools = [_pool(roles.get(f"pool_{j}")) for j in range(sum(1 for r in roles if re.fullmatch(r"pool_\d+", r)))]
-    known_pools = tuple(pools) if pools and all(p is not None for p in pools) else None
     n_mels = file.input_shape[1] if file.input_shape is not None and len(file.input_shape) >= 2 else None
-    return Signature(
-        blocks=len(convs),
-        gated_conv=gated_conv,
-        conv_channels=int(convs[0].shape[3] // (2 if gated_conv else 1)),
-        kernel_size=int(convs[0].shape[0]),
-        final_conv_channels=int(final.weights["kernel"].shape[3]),
-        rnn_hidden=tuple(int(group[0].weights["forward/recurrent_kernel"].shape[0]) for group in rnn_layers),
-        gated_rnn=gated_rnn,
-        rnn_activation=plain_acts.pop() if len(plain_acts) == 1 else None,
-        rnn_reset_after=reset_after.pop() if reset_after else False,
-        rnn_recurrent_activation=rec_acts.pop() if rec_acts else "keras2_hard_sigmoid",
-        head="attention" if "head_attention" in roles else "mean",
-        num_classes=int(head.weights["kernel"].shape[1]),
-        image_input=image_input,
-        n_mels=int(n_mels) if n_mels else None,
-        pools=known_pools,
-        final_pool=_pool(roles.get("final_pool")),
-    )
+    return image_input, int(n_mels) if n_mels else None
 
 
 def _weight(file: KerasFile, layer: KerasLayer, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:

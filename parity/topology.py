@@ -226,17 +226,7 @@ class _RoleState:
         if cls == "Reshape":
             return "to_sequence" if self.seen_conv else "to_image"
         if cls == "Conv2D":
-            self.seen_conv = True
-            if self._has_bias(layer):
-                if self.seen_final_conv:
-                    raise self.fail(layer, "a second convolution with bias after the final one")
-                self.seen_final_conv = True
-                return "final_conv"
-            if self.seen_final_conv:
-                raise self.fail(layer, "a gated block after the final convolution")
-            self.block += 1
-            self.splits = self.acts = 0
-            return f"gcnn_{self.block}_conv"
+            return self._conv_role(layer)
         if cls == "BatchNormalization":
             if self.block < 0 or self.seen_final_conv:
                 raise self.fail(layer, "BatchNormalization outside a convolution block")
@@ -279,6 +269,20 @@ class _RoleState:
                 raise self.fail(layer, "more than two frame-wise dense layers (devinet heads have one or two)")
             return "head_frame" if self.heads == 1 else "head_attention"
         return None
+
+    def _conv_role(self, layer: KerasLayer) -> str:
+        """A convolution with a bias is the final one; one without opens the next gated block."""
+        self.seen_conv = True
+        if self._has_bias(layer):
+            if self.seen_final_conv:
+                raise self.fail(layer, "a second convolution with bias after the final one")
+            self.seen_final_conv = True
+            return "final_conv"
+        if self.seen_final_conv:
+            raise self.fail(layer, "a gated block after the final convolution")
+        self.block += 1
+        self.splits = self.acts = 0
+        return f"gcnn_{self.block}_conv"
 
     @staticmethod
     def _has_bias(layer: KerasLayer) -> bool:

@@ -1,12 +1,17 @@
 """Shared fixtures: where the reference data lives, and the CI rule that nothing skips there.
 
 The reference data (../shared/reference, or $DEVINET_REFERENCE_DIR) is real material that
-this project did not write. Tests that need it or TensorFlow skip with a clear message on a
-developer machine without them; under CI (CI=true) a skip of that kind is a failure.
+this project did not write. Tests that need it, TensorFlow or an optional dependency skip
+with a clear message on a developer machine without them; under CI (CI=true) a skip of that
+kind is a failure (:func:`require`, :func:`import_or_require`).
+
+Tests marked ``allocator`` check page-fault counts that depend on this machine's kernel and
+glibc; they run only with DEVINET_TEST_ALLOCATOR=1.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -17,6 +22,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+ALLOCATOR_TESTS = os.environ.get("DEVINET_TEST_ALLOCATOR") == "1"
 
 
 def _reference_dir() -> Path:
@@ -29,8 +35,29 @@ def require(condition: bool, message: str) -> None:
     if condition:
         return
     if IN_CI:
-        pytest.fail(f"CI must not skip: {message}")
-    pytest.skip(message)
+        pytest.fail(f"CI must not skip: {message}", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def import_or_require(module: str, extra: str):
+    """``module`` imported; without it, :func:`require` skips (locally) or fails (CI) the test or
+    the whole test module (when called at module level). ``extra``: the devinet extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        require(False, f"{module} is not importable ({exc}); install with pip install 'devinet[{extra}]'")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``allocator`` are opt-in (DEVINET_TEST_ALLOCATOR=1): they assert page-fault counts of
+    this machine's kernel and glibc."""
+    if ALLOCATOR_TESTS:
+        return
+    opt_in = pytest.mark.skip(reason="allocator page-fault test, tuned to one kernel and glibc: "
+                                     "opt-in with DEVINET_TEST_ALLOCATOR=1")
+    for item in items:
+        if item.get_closest_marker("allocator"):
+            item.add_marker(opt_in)
 
 
 @pytest.fixture(scope="session")

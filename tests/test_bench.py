@@ -28,6 +28,7 @@ HEADLINE = ("forward_speedup_vs_keras", "train_step_speedup_vs_keras", "gru_trai
             "features_speedup_vs_reference", "forward_fraction_of_matmul_peak", "peak_train_memory_mb")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, frames", [("cvssp_crnn_at", 48), ("cvssp_crnn_sed", 16),
                                             ("cvssp_cnnrnn_at", 40), ("cvssp_crnn_baseline", 16)])
 def test_forward_flops_equal_what_torch_counts(preset, frames):
@@ -53,6 +54,7 @@ def test_full_size_flops_of_the_original_models():
     assert at["gru"] == 2 * 2 * 30 * 2 * 3 * 128 * (256 + 128)
 
 
+@pytest.mark.slow
 def test_runner_warms_up_then_interleaves_and_takes_medians(monkeypatch):
     calls = []
     clock = iter(range(1000))
@@ -109,6 +111,7 @@ def test_threads_must_be_positive(tmp_path, capsys):
     assert not (tmp_path / "b.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the missing-CUDA error cannot occur")
 def test_cuda_without_cuda_is_one_clear_line(tmp_path):
     out = tmp_path / "bench.json"

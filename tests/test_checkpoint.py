@@ -11,6 +11,7 @@ from devinet.cli import main
 from devinet.errors import FileFormatError
 
 
+@pytest.mark.slow
 def test_round_trip_restores_config_weights_and_eval_mode(tmp_path):
     torch.manual_seed(1)
     model = DeviNet.from_preset("cvssp_crnn_sed", blocks=8)
@@ -65,6 +66,7 @@ def test_nan_weights_load_only_when_allowed(tmp_path):
     assert torch.isinf(devinet.load(path, allow_nonfinite=True).final_conv.bias[0])
 
 
+@pytest.mark.slow
 def test_info_command_prints_every_preset(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out

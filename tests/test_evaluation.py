@@ -496,6 +496,7 @@ def real_sed_cli(real, tmp_path_factory):
     return strict_json(out / "sed.json"), out / "sed_submission.csv"
 
 
+@pytest.mark.slow
 def test_real_sed_against_numpy_segment_grid(real, real_sed_cli):
     result, _ = real_sed_cli
     # Expected values: raw parsing, the frame-by-frame smoothing restatement, the numpy grid.
@@ -579,6 +580,7 @@ def test_cli_sed_json_and_refusals(tmp_path, capsys):
     assert not fresh.exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess_at(tmp_path):
     truth = tmp_path / "weak.csv"
     truth.write_text(f"{A}.wav\t0.000\t10.000\tCar\r\n{B}.wav\t30.000\t40.000\tBus\r\n"

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import import_or_require
 from devinet import features as F
 from devinet import resampy02
 from devinet.errors import FileFormatError, InputError
 
-soundfile = pytest.importorskip("soundfile")
+soundfile = import_or_require("soundfile", "features")
 
 
 # ------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def test_resample_rejects_bad_input(rng):
 
 
 def test_numpy_filterbank_equals_librosa():
-    librosa = pytest.importorskip("librosa")
+    librosa = import_or_require("librosa", "features")
     ours = F.slaney_mel_filterbank()
     theirs = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmin=0.0, fmax=8000.0, dtype=np.float64)
     assert ours.shape == (64, 513)
@@ -295,7 +296,7 @@ def test_batch_keeps_order_across_rates_and_lengths(rng):
 
 
 def test_scaler_matches_sklearn_and_streams(rng):
-    preprocessing = pytest.importorskip("sklearn.preprocessing")
+    preprocessing = import_or_require("sklearn.preprocessing", "experiments")
     x = rng.standard_normal((7, 240, 64)).astype(np.float32) * 3 + 5
     x[..., 5] = 2.0  # a constant bin: std 1, as StandardScaler does
     fitted = F.Scaler.fit(x)

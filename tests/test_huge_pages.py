@@ -90,6 +90,7 @@ def test_the_commands_take_the_option(command):
     assert args.huge_pages is True
 
 
+@pytest.mark.slow
 def test_the_command_runs_again_with_the_tunable_and_returns_its_exit_code(monkeypatch, tmp_path):
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(runtime, "huge_pages_unavailable", lambda: None)
@@ -126,6 +127,8 @@ def test_unavailable_huge_pages_are_one_clear_line(monkeypatch, capsys, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.allocator
 @pytest.mark.skipif(runtime.huge_pages_unavailable() is not None,
                     reason=f"huge pages unavailable here: {runtime.huge_pages_unavailable()}")
 def test_huge_pages_fold_the_page_faults_of_large_tensors(fresh_python):

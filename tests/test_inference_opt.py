@@ -69,6 +69,7 @@ def block_calls(model: DeviNet) -> list[str]:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_optimized_eval_forward_equals_the_unoptimized(preset, channels_last):
@@ -87,6 +88,7 @@ def test_optimized_eval_forward_equals_the_unoptimized(preset, channels_last):
     assert front["conv"] <= TOL32, front
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["cvssp_crnn_at", "cvssp_crnn_baseline"])
 def test_float64_fold_is_exact_to_rounding(preset):
     reference, optimized = make_pair(preset, torch.float64, micro_batch_mb=1e-3)
@@ -165,6 +167,7 @@ def train_step_results(model: DeviNet, x: torch.Tensor):
     return out, list(grads), stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_training_mode_is_unchanged_bit_for_bit(preset):
     """Without channels-last, training runs the original path: identical outputs, gradients, statistics."""
@@ -182,6 +185,7 @@ def test_training_mode_is_unchanged_bit_for_bit(preset):
         assert torch.equal(g, w)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["cvssp_crnn_at", "cvssp_crnn_baseline"])
 def test_training_mode_with_channels_last_is_unchanged(preset):
     """With channels-last, the same up to rounding; in float64 so that rounding cannot hide a difference.
@@ -199,6 +203,7 @@ def test_training_mode_with_channels_last_is_unchanged(preset):
         assert (g - w).abs().max() <= TOL64 * max(1.0, w.abs().max().item())
 
 
+@pytest.mark.slow
 def test_eval_mode_gradients_flow_through_the_fold():
     reference, optimized = make_pair("cvssp_crnn_sed", micro_batch_mb=1e-3)
     x = batch()
@@ -268,6 +273,7 @@ def test_optimize_returns_self_and_converts_to_channels_last():
     assert not plain.gcnn[1].conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["crnn_at", "crnn_sed"])
 def test_optimized_converted_checkpoint_matches_real_keras208_outputs(reference_dir, variant):
     """A genuine Keras 2.0.8 checkpoint, converted and optimized, still gives the recorded Keras outputs."""

@@ -86,6 +86,7 @@ def test_parameter_counts(kr, name, blocks, expected):
     assert sum(int(np.prod(w.shape)) for w in model.non_trainable_weights) == bn_statistics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cvssp_crnn_at", "cvssp_crnn_sed", "cvssp_cnnrnn_at", "cvssp_crnn_baseline"])
 @pytest.mark.parametrize("blocks", [7, 8])
 def test_weighted_layers_are_devinets_modules(kr, name, blocks):
@@ -257,6 +258,7 @@ ROUND_TRIP_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, n_frames", ROUND_TRIP_CASES)
 def test_keras_file_round_trip_is_exact(kr, keras, rng, tmp_path, name, n_frames):
     model = kr.build(name, n_frames=n_frames)
@@ -370,6 +372,7 @@ def load_keras208_weights(model, path) -> None:
         layer.set_weights(values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["crnn_at", "crnn_sed"])
 def test_reproduces_the_original_keras208_model_layer_by_layer(kr, reference_dir, variant):
     folder = reference_dir / "keras208"
@@ -417,6 +420,7 @@ def sampler(y, batch_size, seed):
     return BalancedBatchSampler(y, batch_size=batch_size, seed=seed)
 
 
+@pytest.mark.slow
 def test_training_smoke_checkpoint_resume_and_fusion(kr, keras, rng, tmp_path):
     from devinet.errors import FileFormatError, InputError
 

@@ -43,6 +43,7 @@ def test_intended_eight_blocks_adds_one_gated_block():
         preset_config("cvssp_crnn_at", blocks=6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,frames", [
     ("cvssp_crnn_at", 30), ("cvssp_crnn_sed", 240), ("cvssp_cnnrnn_at", 30), ("cvssp_crnn_baseline", 30)])
 def test_output_shapes(models, name, frames):
@@ -54,6 +55,7 @@ def test_output_shapes(models, name, frames):
     assert ("attention" in out) == (name == "cvssp_crnn_sed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CVSSP)
 def test_num_frames_matches_real_output_over_input_lengths(models, name):
     model = models[name]
@@ -72,6 +74,7 @@ def test_module_names_are_the_canonical_layer_names(models):
     assert "gcnn.7" not in names  # the dead 8th block is not there by default
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cvssp_crnn_at", "cvssp_crnn_sed", "cvssp_cnnrnn_at"])
 def test_receptive_field_is_measured_by_perturbation(name):
     """Perturb one input frame at a time and see which front-end output frames change.

@@ -5,24 +5,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import import_or_require
 from devinet import features as F
 from devinet.cli import main
 from devinet.errors import FileFormatError
 from experiments import meta as M
 from experiments import packing as P
 
-soundfile = pytest.importorskip("soundfile")
-h5py = pytest.importorskip("h5py")
+soundfile = import_or_require("soundfile", "features")
+h5py = import_or_require("h5py", "features")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # id -> (labels of the metadata row, what is on disk)
@@ -226,31 +227,35 @@ def test_sigkill_then_resume(folder, packed, tmp_path):
     """A run killed with SIGKILL leaves no output; the next run keeps its finished chunks."""
     wav_dir, meta = folder
     out = tmp_path / "split.h5"
+    # The child says on stdout when two chunks are written, then waits there (mid-run, holding
+    # its lock) to be killed.
     script = textwrap.dedent(f"""
-        import time
-        from devinet import features as F
+        import threading
         from experiments import packing as P
-        real = P.extract_logmel
-        def slow(*args, **kwargs):
-            time.sleep(0.5)
-            return real(*args, **kwargs)
-        P.extract_logmel = slow
+        real = P.bounded
+        def bounded_then_wait(*args, **kwargs):
+            for taken, result in enumerate(real(*args, **kwargs)):
+                if taken == 2:  # the caller has written chunks 0 and 1
+                    print("two chunks written", flush=True)
+                    threading.Event().wait()
+                yield result
+        P.bounded = bounded_then_wait
         P.pack_split({str(wav_dir)!r}, {str(out)!r}, {str(meta)!r}, jobs=1, chunk_size=1, progress=False)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(_work_folder(out).glob("chunk_*.npz"))) < 2:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the packing subprocess made no progress"
-            time.sleep(0.02)
+        readable, _, _ = select.select([process.stdout], [], [], 120)
+        said = process.stdout.readline() if readable else "(nothing within 120 s)"
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        process.stderr.close()
+    errors = process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
+    assert said == "two chunks written\n", errors
     finished = len(list(_work_folder(out).glob("chunk_*.npz")))
-    assert 2 <= finished < len(CLIPS) and not out.exists()
+    assert finished == 2 and not out.exists()
     result = P.pack_split(wav_dir, out, meta, jobs=1, chunk_size=1, progress=False)
     assert result.reused_chunks == finished and result.computed_chunks == len(CLIPS) - finished
     _assert_same_split(P.load_packed(out), packed[1])

@@ -43,6 +43,7 @@ def one_line_error(capsys, command: str) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_convert_keras_to_checkpoint_loads_in_eval_mode(checkpoint, at_h5):
     model = devinet.load(checkpoint)
     assert not model.training and model.config.name == "cvssp_crnn_at"
@@ -53,6 +54,7 @@ def test_convert_keras_to_checkpoint_loads_in_eval_mode(checkpoint, at_h5):
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_convert_checkpoint_to_theano_h5_gives_back_the_original(checkpoint, k208, tmp_path):
     out = tmp_path / "back.h5"
     assert main(["convert", str(checkpoint), str(out), "--theano-flip", "yes"]) == 0
@@ -62,6 +64,7 @@ def test_convert_checkpoint_to_theano_h5_gives_back_the_original(checkpoint, k20
             np.testing.assert_array_equal(a[layer][weight][()], b[layer][weight][()])
 
 
+@pytest.mark.slow
 def test_destination_is_never_overwritten_without_force(checkpoint, at_h5, capsys):
     before = checkpoint.read_bytes()
     assert main(["convert", str(at_h5), str(checkpoint)]) == 1
@@ -108,6 +111,7 @@ def test_allow_nonfinite(k208, tmp_path, capsys):
     assert torch.isinf(devinet.load(tmp_path / "a.pt", allow_nonfinite=True).head.frame.bias).any()
 
 
+@pytest.mark.slow
 def test_parity_prints_both_dtypes_and_writes_a_report(at_h5, tmp_path, capsys):
     report = tmp_path / "report.json"
     assert main(["parity", str(at_h5), "--report", str(report)]) == 0
@@ -120,6 +124,7 @@ def test_parity_prints_both_dtypes_and_writes_a_report(at_h5, tmp_path, capsys):
     assert len(data[0]["rows"]) == 62 + 1  # every recorded layer, then the model output
 
 
+@pytest.mark.slow
 def test_parity_failure_marks_the_first_divergence(at_h5, tmp_path, capsys):
     text = tmp_path / "report.txt"
     assert main(["parity", str(at_h5), "--theano-flip", "no", "--dtype", "float32", "--report", str(text)]) == 1
@@ -129,12 +134,14 @@ def test_parity_failure_marks_the_first_divergence(at_h5, tmp_path, capsys):
     assert text.read_text().strip() == out.strip()
 
 
+@pytest.mark.slow
 def test_parity_of_a_checkpoint_against_its_source(at_h5, checkpoint, capsys):
     assert main(["parity", str(at_h5), "--checkpoint", str(checkpoint), "--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     assert "devinet side: checkpoint crnn_at.pt" in out and "[float64]" in out and "[float32]" not in out
 
 
+@pytest.mark.slow
 def test_cli_subprocess(at_h5, tmp_path):
     out = tmp_path / "sub.pt"
     run = subprocess.run([sys.executable, "-m", "devinet.cli", "convert", str(at_h5), str(out)],

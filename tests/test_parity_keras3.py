@@ -66,6 +66,7 @@ def assert_passes(report):
     assert report.passed and not failures, failures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_keras_file_to_devinet_matches_every_layer(keras_files, x, preset):
     keras_model, keras_path, weights_path = keras_files[preset]
@@ -84,6 +85,7 @@ def test_keras_file_to_devinet_matches_every_layer(keras_files, x, preset):
                                                  from_weights.state_dict().values()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_float64_parity_separates_mapping_from_rounding(keras_files, x, preset):
     _, keras_path, _ = keras_files[preset]
@@ -110,6 +112,7 @@ def devinet_models():
     return models
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_devinet_to_keras_file_matches_every_layer(devinet_models, tmp_path, x, preset):
     model = devinet_models[preset]
@@ -119,6 +122,7 @@ def test_devinet_to_keras_file_matches_every_layer(devinet_models, tmp_path, x, 
     assert_passes(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_round_trip_keras_torch_keras_is_identical(keras_files, tmp_path, preset):
     keras_model, keras_path, _ = keras_files[preset]
@@ -132,6 +136,7 @@ def test_round_trip_keras_torch_keras_is_identical(keras_files, tmp_path, preset
             np.testing.assert_array_equal(np.asarray(variable), np.asarray(reloaded[key]), err_msg=str(key))
 
 
+@pytest.mark.slow
 def test_reading_a_keras_file_needs_no_tensorflow(keras_files):
     _, keras_path, weights_path = keras_files["cvssp_crnn_at"]
     code = ("import sys; from parity.convert import keras_to_torch; "
@@ -141,6 +146,7 @@ def test_reading_a_keras_file_needs_no_tensorflow(keras_files):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_keras3_layer_names_are_canonical_and_read_without_config(keras_files):
     _, keras_path, weights_path = keras_files["cvssp_crnn_sed"]
     with_config, without = read_keras_file(keras_path), read_keras_file(weights_path)

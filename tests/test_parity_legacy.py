@@ -82,6 +82,7 @@ def test_model_config_is_parsed_as_json_and_lambda_bytecode_never_loaded(k208, m
     assert file.layer("bidirectional_2").inner_config()["activation"] == "sigmoid"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FILES)
 def test_roles_and_detection(k208, name):
     file = read_keras_file(k208 / name)
@@ -105,6 +106,7 @@ def test_roles_and_detection(k208, name):
 # ----------------------------------------------------------------------------- every layer
 # weights-only files convert bit-identically to their full-model twins (tested below), so their
 # layer-by-layer runs repeat those results: kept, but marked slow.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     "k208_theano_crnn_at.h5", "k208_theano_crnn_sed.h5",
     pytest.param("k208_theano_crnn_at_weights.h5", marks=pytest.mark.slow),
@@ -138,11 +140,13 @@ def test_every_recorded_layer_matches_in_float64(conversions, recordings, name):
     assert report.max_rel() <= TOLERANCE_FLOAT64_VS_FLOAT32
 
 
+@pytest.mark.slow
 def test_weights_only_files_convert_to_the_same_model(conversions):
     for v in PRESET:
         assert state_equal(conversions[f"k208_theano_{v}.h5"].model, conversions[f"k208_theano_{v}_weights.h5"].model)
 
 
+@pytest.mark.slow
 def test_converted_model_counts_match_the_original(conversions):
     assert conversions["k208_theano_crnn_at.h5"].model.num_parameters() == 1_190_545
     assert conversions["k208_theano_crnn_sed.h5"].model.num_parameters() == 1_190_851
@@ -209,6 +213,7 @@ def test_tensorflow_backend_model_save_file(k208, tmp_path, conversions):
     assert state_equal(conversion.model, conversions["k208_theano_crnn_sed.h5"].model)
 
 
+@pytest.mark.slow
 def test_renamed_layers_follow_layer_names_order(k208, tmp_path, conversions):
     path = tmp_path / "renamed_weights.h5"
     _copy_with_renamed_layers(k208 / "k208_theano_crnn_at_weights.h5", path)
@@ -218,6 +223,7 @@ def test_renamed_layers_follow_layer_names_order(k208, tmp_path, conversions):
     assert state_equal(conversion.model, conversions["k208_theano_crnn_at.h5"].model)
 
 
+@pytest.mark.slow
 def test_theano_flip_override_and_missing_backend(k208, tmp_path, conversions):
     path = tmp_path / "no_backend.h5"
     shutil.copy(k208 / "k208_theano_crnn_at_weights.h5", path)
@@ -233,6 +239,7 @@ def test_theano_flip_override_and_missing_backend(k208, tmp_path, conversions):
 
 
 # ----------------------------------------------------------------------------- writing legacy files
+@pytest.mark.slow
 @pytest.mark.parametrize("v", list(PRESET))
 def test_theano_round_trip_rewrites_the_original_file(k208, tmp_path, conversions, v):
     """Keras 2.0.8 -> devinet -> legacy .h5 (Theano): the same layers, weight names and arrays, bit for bit."""
@@ -313,6 +320,7 @@ def test_not_a_keras_file(tmp_path):
         read_keras_file(tmp_path / "empty.h5")
 
 
+@pytest.mark.slow
 def test_theano_kernels_are_flipped_then_transposed(conversions):
     conversion = conversions["k208_theano_crnn_at.h5"]
     kernel = conversion.file.layer("conv2d_1").weights["kernel"]  # (3, 3, 1, 128) as Theano stored it

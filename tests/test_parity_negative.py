@@ -117,6 +117,7 @@ MISTAKES = {
 }
 
 
+@pytest.mark.slow
 def test_control_unfused_gru_wrapper_passes(conversion, recording):
     """The wrapper used below is innocent: with the right GRUs inside, everything matches."""
     model = copy.deepcopy(conversion.model)
@@ -125,6 +126,7 @@ def test_control_unfused_gru_wrapper_passes(conversion, recording):
     assert row is None and report.passed, format_report(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
 def test_planted_mistake_is_reported_at_its_layer(conversion, recording, mistake):
     plant, layer = MISTAKES[mistake]
@@ -138,6 +140,7 @@ def test_planted_mistake_is_reported_at_its_layer(conversion, recording, mistake
     assert "<-- first divergence" in format_report(report).splitlines()[index + 2]
 
 
+@pytest.mark.slow
 def test_summed_directions_show_as_a_shape_mismatch(conversion, recording):
     model = copy.deepcopy(conversion.model)
     _rnn(model, _summed)
@@ -147,6 +150,7 @@ def test_summed_directions_show_as_a_shape_mismatch(conversion, recording):
     assert report.row("localization_layer").status == "not reached"
 
 
+@pytest.mark.slow
 def test_missing_theano_flip_is_reported_at_the_first_convolution(k208, recording):
     unflipped = keras_to_torch(k208 / "k208_theano_crnn_at.h5", theano_flip="no")
     report, row = first_divergence(unflipped.model, unflipped, recording)
@@ -155,6 +159,7 @@ def test_missing_theano_flip_is_reported_at_the_first_convolution(k208, recordin
     assert report.rows[-1].max_abs < 1e-3
 
 
+@pytest.mark.slow
 def test_nn_gru_error_is_large_at_its_layer(conversion, recording):
     model = copy.deepcopy(conversion.model)
     _rnn(model, TorchNNGRU)

@@ -182,6 +182,7 @@ def test_every_transform_is_inverted_by_its_pair(kind, data):
 
 
 # ----------------------------------------------------------------------------- the table
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["cvssp_crnn_at", "cvssp_crnn_sed", "cvssp_cnnrnn_at", "cvssp_crnn_baseline"])
 @pytest.mark.parametrize("reset_after", [False, True])
 def test_table_covers_every_devinet_entry_exactly_once(preset, reset_after):

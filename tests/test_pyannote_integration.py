@@ -62,6 +62,7 @@ GEOMETRY_CONFIGS = {
 # Geometry (no pyannote)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(GEOMETRY_CONFIGS))
 def test_num_frames_equals_real_output_length(name, rng):
     """geometry.num_frames(n) is the length of LogMel + DeviNet's output, over many lengths n."""

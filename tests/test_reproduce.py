@@ -307,6 +307,7 @@ def test_git_revision_shows_modified_sources(tmp_path):
     assert git_revision(tmp_path) == head + "+dirty"
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "devinet.cli", "reproduce", "--size", "tiny", "--data-root",
                            str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import import_or_require
 from devinet import features as F
 from devinet import limits
 from devinet.cli import main
 from experiments import packing as P
 
-soundfile = pytest.importorskip("soundfile")
-pytest.importorskip("h5py")
+soundfile = import_or_require("soundfile", "features")
+import_or_require("h5py", "features")
 
 SILENCE = math.log(F.LOG_OFFSET)
 
@@ -96,6 +97,7 @@ def packed(bad_folder, tmp_path_factory):
     return result, P.load_packed(out)
 
 
+@pytest.mark.slow
 def test_every_clip_is_packed_or_skipped_with_a_reason(packed):
     result, split = packed
     assert dict(zip(split.names, split.n_frames.tolist())) == PACKED
@@ -106,12 +108,14 @@ def test_every_clip_is_packed_or_skipped_with_a_reason(packed):
     assert np.isfinite(split.features).all()
 
 
+@pytest.mark.slow
 def test_packed_bad_audio_equals_the_reference_extraction(bad_folder, packed):
     _, split = packed
     for name, row in zip(split.names, split.features):
         np.testing.assert_array_equal(row, F.pad_or_truncate(F.extract_logmel(bad_folder / f"{name}.wav")), name)
 
 
+@pytest.mark.slow
 def test_silence_and_antiphase_stereo_give_the_log_floor(packed):
     """Digital silence is valid audio (log(0 + 1e-8)); anti-phase channels average to silence, as in the original."""
     _, split = packed
@@ -119,6 +123,7 @@ def test_silence_and_antiphase_stereo_give_the_log_floor(packed):
         np.testing.assert_allclose(split.features[split.names.index(name)], SILENCE, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_clipped_and_overrange_audio_is_kept_finite(bad_folder, packed):
     _, split = packed
     clipped = split.features[split.names.index("clipped_int16")]
@@ -128,6 +133,7 @@ def test_clipped_and_overrange_audio_is_kept_finite(bad_folder, packed):
     assert np.abs(audio).max() > 1.0
 
 
+@pytest.mark.slow
 def test_very_long_clip_keeps_its_first_ten_seconds_and_its_length(bad_folder, packed):
     _, split = packed
     row = split.names.index("very_long_10min")
@@ -136,6 +142,7 @@ def test_very_long_clip_keeps_its_first_ten_seconds_and_its_length(bad_folder, p
     np.testing.assert_array_equal(split.features[row], F.extract_logmel(audio, rate)[: F.FRAMES])
 
 
+@pytest.mark.slow
 def test_other_rates_and_channel_counts(bad_folder, packed):
     _, split = packed
     for name, channels in (("rate_8k", 1), ("rate_48k", 1), ("rate_48k_stereo", 2), ("six_channels", 6)):
@@ -148,6 +155,7 @@ def test_other_rates_and_channel_counts(bad_folder, packed):
     assert eight[:, -8:].mean() < eight[:, :32].mean() - 5
 
 
+@pytest.mark.slow
 def test_torch_backend_packs_and_skips_the_same_clips(bad_folder, packed, tmp_path):
     result, split = packed
     torch_result = P.pack_split(bad_folder, tmp_path / "torch.h5", jobs=1, chunk_size=4, backend="torch",
@@ -169,6 +177,7 @@ def test_clip_too_long_to_decode_is_skipped_not_fatal(bad_folder, tmp_path, monk
     assert "very_long_10min" not in P.load_packed(result.path).names
 
 
+@pytest.mark.slow
 def test_cli_lists_every_skipped_clip_and_why(bad_folder, tmp_path, capsys):
     out = tmp_path / "bad.h5"
     code = main(["features", "--wav-dir", str(bad_folder), "--out", str(out), "--jobs", "1", "--no-progress"])
@@ -187,36 +196,28 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(bad_folder, packed
     """A worker process killed mid-run (as the out-of-memory killer would): one line naming the output,
     the finished chunks kept, and the rerun completes with the same file as an uninterrupted run."""
     import signal
-    import threading
+    from concurrent.futures.process import BrokenProcessPool
 
-    pools = []
-    real_pool = P.process_pool
+    real_bounded = P.bounded
 
-    def recording_pool(workers, preload=()):
-        pools.append(real_pool(workers, preload))
-        return pools[-1]
+    def bounded_then_kill_a_worker(pool, submit, items, window):
+        """Once the first chunk is written (workers up and busy), a worker SIGKILLs itself."""
+        results = real_bounded(pool, submit, items, window)
+        yield next(results)
+        death = pool.submit(signal.raise_signal, signal.SIGKILL)
+        assert isinstance(death.exception(timeout=120), BrokenProcessPool)  # the pool saw it die
+        yield from results
 
-    work = tmp_path / ".bad.h5.work"
-
-    def kill_a_worker() -> None:
-        """Once the first chunk is on disk (workers up and busy), SIGKILL one of them."""
-        while not (pools and getattr(pools[0], "_processes", None) and list(work.glob("chunk_*.npz"))):
-            threading.Event().wait(0.01)
-        os.kill(next(iter(pools[0]._processes)), signal.SIGKILL)
-
-    monkeypatch.setattr(P, "process_pool", recording_pool)
-    killer = threading.Thread(target=kill_a_worker, daemon=True)
-    killer.start()
-    out = tmp_path / "bad.h5"
+    monkeypatch.setattr(P, "bounded", bounded_then_kill_a_worker)
+    out, work = tmp_path / "bad.h5", tmp_path / ".bad.h5.work"
     argv = ["features", "--wav-dir", str(bad_folder), "--out", str(out), "--jobs", "2", "--chunk-size", "2",
             "--no-progress"]
     code = main(argv)
-    killer.join(timeout=60)
     err = capsys.readouterr().err.splitlines()
     assert code == 1 and len(err) == 1, err
     assert str(out) in err[0] and "worker process died" in err[0] and "run the same command again" in err[0]
     assert not out.exists() and list(work.glob("chunk_*.npz"))  # the finished chunks are kept
-    monkeypatch.setattr(P, "process_pool", real_pool)
+    monkeypatch.setattr(P, "bounded", real_bounded)
     assert main(argv) == 0
     assert "resumed:" in capsys.readouterr().out
     again = P.load_packed(out)

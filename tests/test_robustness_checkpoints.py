@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import devinet
+from conftest import import_or_require
 from devinet import DeviNet, DeviNetConfig
 from devinet.cli import main
 from devinet.errors import FileFormatError
@@ -328,6 +329,7 @@ def test_failed_overwrite_keeps_the_old_checkpoint(good, tmp_path, monkeypatch):
     assert leftovers(tmp_path, {"m.pt"}) == []
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_leaves_no_checkpoint(tmp_path):
     """SIGKILL in the middle of writing: the destination never exists half-written."""
     destination = tmp_path / "m.pt"
@@ -378,7 +380,7 @@ def _python_tag_yaml(marker: Path) -> str:
 
 def test_yaml_configs_are_read_as_plain_data(tmp_path, capsys):
     """A size config or a pyannote config.yml with a python tag is refused, and the tag never runs."""
-    yaml = pytest.importorskip("yaml")
+    yaml = import_or_require("yaml", "experiments")
     from devinet.integrations.legacy_config import read_legacy_config
     from experiments.systems import load_size_config
 

@@ -239,6 +239,7 @@ LEGACY = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(LEGACY))
 def test_malformed_legacy_file_is_refused_in_one_line(case, k208, tmp_path, capsys):
     make, problem = LEGACY[case]
@@ -304,6 +305,7 @@ def test_malformed_keras3_file_is_refused_in_one_line(case, k208, tmp_path, caps
 
 
 # ---------------------------------------------------------------------- destinations
+@pytest.mark.slow
 def test_existing_destination_is_refused_unless_forced(k208, tmp_path, capsys):
     src, dst = k208 / AT_WEIGHTS, tmp_path / "model.pt"
     dst.write_bytes(b"precious")
@@ -316,6 +318,7 @@ def test_existing_destination_is_refused_unless_forced(k208, tmp_path, capsys):
     assert_nothing_written(tmp_path, {"model.pt"})
 
 
+@pytest.mark.slow
 def test_existing_keras_destination_is_refused_unless_forced(k208, tmp_path, capsys):
     model = keras_to_torch(k208 / AT_WEIGHTS).model
     src = devinet.save(model, tmp_path / "model.pt")
@@ -360,6 +363,7 @@ def test_no_keras_file_on_either_side(tmp_path, capsys):
     assert_refused(code, err, tmp_path / "b.pt", "neither SRC nor DST is a Keras file")
 
 
+@pytest.mark.slow
 def test_subprocess_refusal_has_no_traceback(tmp_path):
     """The same guarantee through the real entry point: ``python -m devinet.cli``."""
     src = tmp_path / "model.h5"
@@ -455,6 +459,7 @@ def legacy_inventory(k208):
     return _inventory(k208 / AT_WEIGHTS)
 
 
+@pytest.mark.slow
 def test_property_damaged_legacy_file_fails_only_with_a_clear_error(k208, legacy_inventory, tmp_path_factory):
     """Any damage to a valid legacy file: the converter succeeds or raises its own one-line DevinetError
     naming the file; never another exception (checked on 60 derandomized examples)."""
@@ -526,6 +531,7 @@ def untouched_at_model(k208):
     return keras_to_torch(k208 / AT_MODEL).model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["raw_unicode_escape", "base64"])
 def test_lambda_bytecode_is_never_run(encoding, k208, untouched_at_model, tmp_path, capsys):
     # The control: Keras 2's own loading of such a Lambda runs the payload.
@@ -559,6 +565,7 @@ class _Payload:
         return os.system, (f"touch '{self.marker}'",)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "random_bytes", "pickled_payload"])
 def test_damaged_reference_recording_is_refused_in_one_line(damage, k208, tmp_path, capsys):
     recording = tmp_path / "model_ref.npz"

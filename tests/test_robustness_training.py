@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import time
@@ -132,13 +133,12 @@ def run_child_until(marker: str | None, data_path: Path, folder: Path) -> list[s
     deadline = time.monotonic() + 300
     try:
         while True:
-            # Poll briefly and check the child: a copy of its pipe end may outlive it (fork server),
-            # so its death does not always show as end-of-file.
-            if not ours.poll(0.05):
-                if not process.is_alive():
-                    break  # it ended on its own: the exit code below says how
-                assert time.monotonic() < deadline, f"the training child went silent after {seen[-3:]}"
-                continue
+            # Wait for a message or the child's exit: a copy of its pipe end may outlive it (fork
+            # server), so its death does not always show as end-of-file.
+            ready = multiprocessing.connection.wait([ours, process.sentinel], max(0.0, deadline - time.monotonic()))
+            assert ready, f"the training child went silent after {seen[-3:]}"
+            if ours not in ready:
+                break  # it ended on its own: the exit code below says how
             try:
                 seen.append(ours.recv())
             except EOFError:
@@ -225,6 +225,7 @@ def _first_epoch(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_is_a_clear_error(tmp_path):
     folder = _first_epoch(tmp_path)
     path = RunFolder(folder).checkpoint(1)
@@ -242,6 +243,7 @@ class _Payload:
         return os.system, (f"touch '{self.marker}'",)
 
 
+@pytest.mark.slow
 def test_hostile_checkpoint_in_a_run_folder_is_never_executed(tmp_path):
     folder = _first_epoch(tmp_path)
     path = RunFolder(folder).checkpoint(1)
@@ -256,6 +258,7 @@ def test_hostile_checkpoint_in_a_run_folder_is_never_executed(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_training_state_holds_plain_data_only(reference):
     """What a resume reads: dicts, lists, strings, numbers and tensors, nothing that needs a class."""
     state = torch.load(RunFolder(reference).checkpoint(3), weights_only=True)

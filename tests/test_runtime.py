@@ -44,6 +44,8 @@ print(json.dumps({"applied": applied, "retained": freed_memory_retained(), "faul
 PAGES_PER_ROUND = 488 * 2**20 // 4096  # 96 + 160 + 64 + 128 + 40 MiB
 
 
+@pytest.mark.slow
+@pytest.mark.allocator
 @pytest.mark.skipif(not GLIBC, reason="retain_freed_memory applies to glibc's malloc only")
 def test_retained_memory_is_reused_without_page_faults(fresh_python):
     # DEVINET_TEST_RETAIN set, empty or not: the probe applies retain_freed_memory() when it is non-empty

@@ -46,6 +46,7 @@ def test_plans_depend_only_on_seed_split_and_index():
     assert synth.plan_split("train", "tiny") == synth.plan_split("train", "quick")[: synth.SIZES["tiny"].clips("train")]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes_whatever_the_jobs(tiny, tmp_path):
     """tiny was written by 2 processes; a separate 1-process run of its first clips matches it byte for byte."""
     mini = tmp_path / "mini"
@@ -62,6 +63,7 @@ def test_same_seed_gives_identical_bytes_whatever_the_jobs(tiny, tmp_path):
     assert synth.read_dataset_info(tiny) == json.loads(json.dumps(expected))
 
 
+@pytest.mark.slow
 def test_in_memory_clip_equals_the_written_file(tiny):
     clip = synth.generate_clip("test", 3)
     again = synth.generate_clip("test", 3)
@@ -72,6 +74,7 @@ def test_in_memory_clip_equals_the_written_file(tiny):
     assert synth.wav_bytes(clip) == (tiny / "audio/test" / clip.name).read_bytes()
 
 
+@pytest.mark.slow
 def test_train_and_test_are_disjoint(tiny):
     train, test = (read_clip_list(tiny / f"meta/{name}_set.csv") for name in ("training", "testing"))
     assert not {entry.youtube_id for entry in train} & {entry.youtube_id for entry in test}
@@ -85,6 +88,7 @@ def test_train_and_test_are_disjoint(tiny):
     assert streams["train"] != streams["test"]
 
 
+@pytest.mark.slow
 def test_synthetic_clip_names_start_with_synth_in_the_official_format(tiny, reference_dir):
     assert synth.synthetic_clip_id("train", 123) == "synth000123"
     assert synth.synthetic_clip_id("test", 7) == "synth500007"
@@ -107,6 +111,7 @@ def test_synthetic_clip_names_start_with_synth_in_the_official_format(tiny, refe
     assert not [entry for entry in real if entry.youtube_id.startswith("synth")]
 
 
+@pytest.mark.slow
 def test_every_class_is_in_every_split_of_tiny(tiny):
     for name in ("training", "testing"):
         labels = {label for entry in read_clip_list(tiny / f"meta/{name}_set.csv") for label in entry.labels}
@@ -123,6 +128,7 @@ def test_every_class_is_in_every_split_of_tiny(tiny):
 
 
 # --------------------------------------------------------------------------- file formats
+@pytest.mark.slow
 def test_files_and_metadata_are_consistent(tiny):
     train = read_clip_list(tiny / "meta/training_set.csv")
     test = read_clip_list(tiny / "meta/testing_set.csv")
@@ -148,6 +154,7 @@ def test_files_and_metadata_are_consistent(tiny):
             assert row[4].split(",") == [synth.MIDS[label] for label in re.split(r",(?! )", row[3])]
 
 
+@pytest.mark.slow
 def test_strong_labels_are_the_events_as_planned(tiny):
     plans = synth.plan_split("test", "tiny")
     written = read_strong_labels(tiny / "meta/groundtruth_strong_label_testing_set.csv")
@@ -156,6 +163,7 @@ def test_strong_labels_are_the_events_as_planned(tiny):
     assert synth.generate_clip("test", 0).events == plans[0].strong_labels
 
 
+@pytest.mark.slow
 def test_line_ends_and_quoting_follow_the_official_files(tiny, reference_dir):
     for name in ("training_set.csv", "testing_set.csv", "groundtruth_weak_label_testing_set.csv",
                  "groundtruth_strong_label_testing_set.csv"):
@@ -260,6 +268,7 @@ def _spectral_centroid(x: np.ndarray) -> float:
     return float((power * np.fft.rfftfreq(x.size, 1 / SR)).sum() / power.sum())
 
 
+@pytest.mark.slow
 def test_engines_of_different_vehicles_differ():
     vehicles = ("Car", "Bus", "Truck", "Motorcycle")
     sounds = {v: [SYNTHESIZERS[v](np.random.default_rng(seed), 4 * SR, SR) for seed in range(12)] for v in vehicles}
@@ -282,6 +291,7 @@ def test_instances_of_a_class_vary():
 
 
 # --------------------------------------------------------------------------- resuming and refusing
+@pytest.mark.slow
 def test_a_rerun_remakes_only_missing_or_damaged_clips(tmp_path, monkeypatch):
     root = tmp_path / "mini"
     synth.generate_dataset(root, size=MINI, progress=False)
@@ -324,6 +334,7 @@ def test_refuses_foreign_or_mismatched_folders(tmp_path):
         synth.plan_clip("train", 0, seed=-1)
 
 
+@pytest.mark.slow
 def test_cli_generates_and_resumes(tiny, capsys):
     parser = argparse.ArgumentParser()
     synth_cli.add_arguments(parser)

@@ -277,6 +277,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["epoch", "checkpoint"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, where, reference_run, config, data):
     folder = tmp_path / "run"
