@@ -250,7 +250,7 @@ def data_parallel(model: nn.Module, device: torch.device, sync_batchnorm: bool) 
         use_global_batchnorm(model)
     # Per-process BatchNorm: rank 0's moving statistics are broadcast at every step (and saved).
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=not sync_batchnorm)
+        model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=not sync_batchnorm)
 
 
 # ---------------------------------------------------------------------- the local launcher
@@ -329,18 +329,28 @@ def launch(nproc: int, command: str, fn: Callable, *args: Any, threads: int | No
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"devinet-{uuid.uuid4().hex[:12]}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
                           start_method="spawn")
-    elastic_logger = logging.getLogger("torch.distributed.elastic")
-    previous_level, previous_env = elastic_logger.level, os.environ.get(_LAUNCHED_BY_DEVINET)
-    elastic_logger.setLevel(logging.CRITICAL)  # the launcher's own log: the failure is reported in one line
+    # The launcher's own log (processes started and stopped) stays quiet: a failure is reported in
+    # one line. The resource tracker would warn of the semaphore a killed process could not release.
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [logger.level for logger in loggers]
+    saved = {key: os.environ.get(key) for key in (_LAUNCHED_BY_DEVINET, "PYTHONWARNINGS")}
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     os.environ[_LAUNCHED_BY_DEVINET] = "1"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [saved["PYTHONWARNINGS"],
+                                                          "ignore:resource_tracker:UserWarning"]))
     try:
         results = elastic_launch(config, _launched_process)(command, threads, fn, args)
     except ChildFailedError as exc:
         raise TrainingProcessFailed(_failure_line(exc, nproc)) from None
     finally:
-        elastic_logger.setLevel(previous_level)
-        if previous_env is None:
-            os.environ.pop(_LAUNCHED_BY_DEVINET, None)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return results[0]
 
 

@@ -53,8 +53,6 @@ AUDIO_CANDIDATES = {
 }
 #: name of the testing split, monitored during training and evaluated
 TEST_SET = "test"
-#: packed training features above this size are read from the HDF5 file batch by batch
-IN_MEMORY_LIMIT_BYTES = 2 * 1024 ** 3
 
 
 # ---------------------------------------------------------------------- options
@@ -78,6 +76,7 @@ class Options:
     force: bool = False
     progress: bool = True
     command: str = ""
+    nproc: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, command: str = "") -> "Options":
@@ -96,6 +95,8 @@ class Options:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         if args.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
         out = Path(args.out)
         path = lambda p: Path(p) if p is not None else None  # noqa: E731
         return cls(size=size, out=out, work_dir=Path(args.work_dir) if args.work_dir else out / "work",
@@ -103,7 +104,7 @@ class Options:
                    test_audio=path(args.test_audio), systems=resolve_systems(args.systems), seed=args.seed,
                    jobs=args.jobs or usable_cores(), device=args.device, threads=args.threads,
                    deterministic=args.deterministic,
-                   force=args.force, progress=args.progress, command=command)
+                   force=args.force, progress=args.progress, command=command, nproc=args.nproc)
 
     @property
     def experiment(self) -> str:
@@ -195,7 +196,7 @@ def prepare_data(options: Options) -> Dataset:
 # ---------------------------------------------------------------------- stage 2: features
 @dataclass
 class Split:
-    """A packed split: unscaled features (N, 240, 64) (array or h5py dataset), labels (N, 17), clip keys."""
+    """A packed split: unscaled features (N, 240, 64) (an h5py dataset, read lazily), labels (N, 17), clip keys."""
 
     features: Any
     labels: np.ndarray
@@ -238,18 +239,13 @@ def _open_split(path: Path, handles: list) -> Split:
     if dataset.shape[1:] != (FRAMES, N_MELS):
         h5.close()
         raise FileFormatError(path, f"features of shape {dataset.shape}, expected (N, {FRAMES}, {N_MELS})")
-    in_memory = dataset.size * dataset.dtype.itemsize <= IN_MEMORY_LIMIT_BYTES
-    features = dataset[()] if in_memory else dataset
+    handles.append(h5)  # the features stay in the file (training reads them batch by batch)
     labels = h5["labels"][()]
     names = [clip_key(n) for n in h5["names"].asstr()[()]]
-    if in_memory:
-        h5.close()
-    else:
-        handles.append(h5)
     skipped = {kind: 0 for kind in SKIP_KINDS}
     for item in read_skipped(path):
         skipped[item.kind] += 1
-    return Split(features, labels.astype(np.float32), names, skipped)
+    return Split(dataset, labels.astype(np.float32), names, skipped)
 
 
 def prepare_features(options: Options, dataset: Dataset) -> Features:
@@ -265,6 +261,17 @@ def prepare_features(options: Options, dataset: Dataset) -> Features:
     train_h5 = folder / "train.h5"
     if not scaler_path.is_file() or scaler_path.stat().st_mtime < train_h5.stat().st_mtime:
         fit_scaler(train_h5).save(scaler_path)
+    features = open_features(folder)
+    for split, data in (("training", features.train), ("testing", features.test)):
+        lost = sum(data.skipped.values())
+        if lost:
+            _say(f"[features] {split}: {lost} clips without usable audio are left out ({data.skipped})")
+    return features
+
+
+def open_features(folder: Path) -> Features:
+    """The packed splits (train.h5, test.h5) and the scaler (scaler.npz) of a features folder."""
+    train_h5 = folder / "train.h5"
     handles: list = []
     try:
         train_split = _open_split(train_h5, handles)
@@ -273,11 +280,7 @@ def prepare_features(options: Options, dataset: Dataset) -> Features:
         for h in handles:
             h.close()
         raise
-    for split, data in (("training", train_split), ("testing", test_split)):
-        lost = sum(data.skipped.values())
-        if lost:
-            _say(f"[features] {split}: {lost} clips without usable audio are left out ({data.skipped})")
-    return Features(train_split, test_split, Scaler.load(scaler_path), folder, handles)
+    return Features(train_split, test_split, Scaler.load(folder / "scaler.npz"), folder, handles)
 
 
 # ---------------------------------------------------------------------- stage 3: training
@@ -286,7 +289,28 @@ def run_dir(options: Options, dataset: Dataset, system: str) -> Path:
 
 
 def train_systems(options: Options, dataset: Dataset, features: Features) -> dict[str, TrainResult]:
-    """Train (or resume) every trained system of the options, one after the other."""
+    """Train (or resume) every trained system of the options, one after the other (on ``options.nproc``
+    data-parallel processes started by torch's elastic launcher when it is above 1)."""
+    if options.nproc > 1:
+        from experiments.distributed import launch
+        from experiments.workers import usable_cores
+
+        threads = options.threads or options.size.torch_threads or max(1, usable_cores() // options.nproc)
+        return launch(options.nproc, "reproduce", _train_systems_in_process, options, dataset, features.folder,
+                      threads=threads)
+    return _train_systems(options, dataset, features)
+
+
+def _train_systems_in_process(options: Options, dataset: Dataset, folder: Path) -> dict[str, TrainResult]:
+    """One data-parallel training process of :func:`train_systems` (it opens the packed files itself)."""
+    features = open_features(folder)
+    try:
+        return _train_systems(options, dataset, features)
+    finally:
+        features.close()
+
+
+def _train_systems(options: Options, dataset: Dataset, features: Features) -> dict[str, TrainResult]:
     monitor = EvalSet(TEST_SET, features.test.features, features.test.labels)
     results = {}
     for system in options.systems:
@@ -378,6 +402,7 @@ def _summary(options: Options, system: str, score: dict, run: TrainResult | None
         entry["training"] = {
             "epochs": run.epochs_done, "iterations": run.epochs_done * schedule.iterations_per_epoch,
             "fused_epochs": list(schedule.fused_epochs),
+            "world_size": run.world_size,
             "final_loss": run.history[-1]["loss"] if run.history else None,
             "seconds": sum(r.get("train_seconds", 0.0) + r.get(f"{TEST_SET}_seconds", 0.0) for r in run.history),
             "history": run.history,

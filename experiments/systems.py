@@ -201,7 +201,7 @@ class SizeConfig:
         return dataclasses.asdict(self)
 
 
-def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
+def check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -217,11 +217,11 @@ def size_config_from_dict(data: Mapping[str, Any], where: str = "size config") -
     """Validate a size config's plain data (unknown or missing keys are errors)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    _check_keys(data, SizeConfig, where)
+    check_keys(data, SizeConfig, where)
     training = data["training"]
     if not isinstance(training, Mapping):
         raise ConfigError(f"{where}: training must be a mapping")
-    _check_keys(training, TrainSchedule, f"{where}: training")
+    check_keys(training, TrainSchedule, f"{where}: training")
     try:
         return SizeConfig(**{**data, "training": TrainSchedule(**training)})
     except ConfigError as exc:
