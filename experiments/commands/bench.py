@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="require glibc's malloc asking for transparent huge pages (GLIBC_TUNABLES="
                                 "glibc.malloc.hugetlb=1, for both frameworks): far fewer page faults, no memory "
                                 "cost; the default where available")
-    allocator.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
+    allocator.add_argument("--no-huge-pages", dest="huge_pages", action="store_false", default=None,
                            help="glibc's default allocator (what the figures were before huge pages became the default)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
@@ -36,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from experiments.runtime import huge_pages_by_default
     from experiments.workers import usable_cores
 
-    if (code := huge_pages_by_default(args.argv, args.huge_pages)) is not None:
-        return code
     destination = check_destination(args.json, args.force)
     threads = args.threads if args.threads is not None else usable_cores()
     if threads < 1:
@@ -47,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DevinetError("--device cuda: CUDA is not available here (torch.cuda.is_available() is False; "
                            f"torch {torch.__version__} built with CUDA {torch.version.cuda}); use --device cpu")
+    if (code := huge_pages_by_default(args.argv, args.huge_pages)) is not None:  # after the argument checks
+        return code
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     allocator.add_argument("--huge-pages", dest="huge_pages", action="store_true", default=None,
                            help="require glibc's malloc with transparent huge pages (GLIBC_TUNABLES="
                                 "glibc.malloc.hugetlb=1: fewer page faults, same results); the default where available")
-    allocator.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
+    allocator.add_argument("--no-huge-pages", dest="huge_pages", action="store_false", default=None,
                            help="glibc's default allocator (slower CPU training: page faults of freed activations)")
     parser.add_argument("--out", metavar="DIR", required=True,
                         help="results folder (results.json, results.md, figures/)")

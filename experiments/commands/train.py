@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     allocator = parser.add_mutually_exclusive_group()
     allocator.add_argument("--huge-pages", dest="huge_pages", action="store_true", default=None,
                            help="require glibc's malloc with transparent huge pages (the default where available)")
-    allocator.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
+    allocator.add_argument("--no-huge-pages", dest="huge_pages", action="store_false", default=None,
                            help="glibc's default allocator (slower CPU training: page faults of freed activations)")
     parser.add_argument("--force", action="store_true", help="discard an earlier run in --out and start over")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
