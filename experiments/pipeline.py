@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Options:
     progress: bool = True
     command: str = ""
     nproc: int = 1
+    precision: str = "fp32"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, command: str = "") -> "Options":
@@ -104,16 +106,18 @@ class Options:
                    test_audio=path(args.test_audio), systems=resolve_systems(args.systems), seed=args.seed,
                    jobs=args.jobs or usable_cores(), device=args.device, threads=args.threads,
                    deterministic=args.deterministic,
-                   force=args.force, progress=args.progress, command=command, nproc=args.nproc)
+                   force=args.force, progress=args.progress, command=command, nproc=args.nproc,
+                   precision=args.precision)
 
     @property
     def experiment(self) -> str:
-        """The experiment's folder name under a dataset: size and seed."""
-        return f"{self.size.name}-seed{self.seed}"
+        """The experiment's folder name under a dataset: size, seed and a precision other than fp32."""
+        return f"{self.size.name}-seed{self.seed}" + ("" if self.precision == "fp32" else f"-{self.precision}")
 
 
 def _say(message: str) -> None:
-    print(message, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # once, not once per data-parallel training process
+        print(message, flush=True)
 
 
 # ---------------------------------------------------------------------- stage 1: data
@@ -321,6 +325,7 @@ def _train_systems(options: Options, dataset: Dataset, features: Features) -> di
             options.size.model(system), features.train.features, features.train.labels,
             features.scaler, run_dir(options, dataset, system), options.size.training, seed=options.seed,
             deterministic=options.deterministic, monitor=monitor, eval_batch_size=options.size.eval_batch_size,
+            precision=options.precision,
             force=options.force, device=options.device, name=system, progress=options.progress,
             classes=CLASSES)
     return results
@@ -470,6 +475,7 @@ def write_report(options: Options, dataset: Dataset, features: Features, runs: d
         "size": options.size.to_dict(),
         "seed": options.seed,
         "deterministic": options.deterministic,
+        "precision": options.precision,
         "dataset": dataset.info | {
             "train_clips_used": len(features.train.names), "test_clips_scored": len(names),
             "train_clips_without_audio": features.train.skipped, "test_clips_without_audio": features.test.skipped},

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=None,
                         help="processes for data generation and features (default: all cores)")
     parser.add_argument("--device", default="cpu", help="torch device for training and prediction (default cpu)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="training precision: fp32 (default, the reference) or autocast bf16 / fp16 (runs in "
+                             "their own folder, <size>-seed<seed>-<precision>)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="data-parallel training processes (torch's elastic launcher; gloo on CPU, NCCL on "
                              "GPU): the same results as one process up to float32 rounding (default 1)")
