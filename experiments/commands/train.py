@@ -66,13 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from devinet.cli import command_line
-    from experiments import trainjob
+    from experiments import distributed, trainjob
     from experiments.runtime import huge_pages_by_default
 
     job = trainjob.TrainJob.from_args(args, command=command_line(args))
     if (code := huge_pages_by_default(args.argv, args.huge_pages)) is not None:
         return code
     summary = trainjob.run(job)
+    if not distributed.processes().is_main:  # under torchrun every process gets here: rank 0 reports
+        return 0
     resumed = f", resumed after epoch {summary['resumed_from']}" if summary["resumed_from"] else ""
     line = (f"run folder: {summary['run_dir']} ({summary['epochs_done']} epochs{resumed}, "
             f"{summary['world_size']} process(es), final loss {summary['final_loss']:.4f})")
