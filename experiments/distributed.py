@@ -87,8 +87,8 @@ def join(device: str | torch.device = "cpu") -> Processes:
     CUDA, NCCL for CUDA tensors (whose device is ``cuda:LOCAL_RANK``).
     """
     place = processes()
+    cuda = training_device(device, place).type == "cuda"  # checks the device first
     if place.distributed and not dist.is_initialized():
-        cuda = torch.device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(place.local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo",
@@ -103,11 +103,22 @@ def leave() -> None:
 
 
 def training_device(device: str | torch.device, place: Processes) -> torch.device:
-    """The device of this process: ``cuda:LOCAL_RANK`` for a distributed CUDA run, else ``device``."""
-    device = torch.device(device)
-    if device.type == "cuda" and place.distributed:
-        return torch.device("cuda", place.local_rank)
-    return device
+    """The device of this process: ``cuda:LOCAL_RANK`` for a distributed CUDA run, else ``device``
+    (checked: a CUDA device must exist)."""
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, built with "
+                          f"CUDA {torch.version.cuda}); use --device cpu")
+    index = place.local_rank if place.distributed else (device.index or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"training process {place.local_rank} of this machine needs cuda:{index}, but it has "
+                          f"{torch.cuda.device_count()} GPU(s): start at most that many processes per machine")
+    return torch.device("cuda", index)
 
 
 def shard(index: np.ndarray, place: Processes) -> tuple[np.ndarray, float]:

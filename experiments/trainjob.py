@@ -172,6 +172,10 @@ class TrainJob:
             raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
         if args.nproc > 1 and distributed.launched():
             raise ConfigError("--nproc starts training processes: under torchrun give the process count to torchrun")
+        device = distributed.training_device(args.device, distributed.processes())  # a device that exists here
+        if device.type == "cuda" and args.nproc > _cuda_devices():
+            raise ConfigError(f"--nproc {args.nproc} with --device cuda needs a GPU per process; this machine has "
+                              f"{_cuda_devices()}")
         path = lambda p: None if p is None else Path(p)  # noqa: E731
         for given in (args.train, args.labels, args.classes, args.valid, args.valid_labels, args.scaler):
             if given is not None and not Path(given).is_file():
@@ -186,14 +190,16 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def _open_split(features_path: Path, labels_path: Path, classes):
-    """Packed features of the labelled clips (lazy) and their labels: (ClipFeatures, WeakLabels, recipe)."""
+def _open_split(features_path: Path, labels_path: Path, classes, files: list):
+    """Packed features of the labelled clips (lazy) and their labels: (ClipFeatures, WeakLabels, recipe).
+    The open file is appended to ``files`` (for the caller to close)."""
     import json
 
     from experiments.packing import open_packed
     from experiments.trainingdata import ClipFeatures, read_weak_labels
 
     h5 = open_packed(features_path)
+    files.append(h5)
     names = h5["names"].asstr()[()]
     weak = read_weak_labels(names, labels_path, classes)
     features = ClipFeatures(h5["features"], None if weak.unlabelled == 0 else weak.rows)
@@ -219,6 +225,15 @@ def _feature_recipe(packed: dict):
 
 def run_job(job: TrainJob) -> dict[str, Any]:
     """Train (or resume) the job in this process (one of several under a launcher); its summary."""
+    files: list = []
+    try:
+        return _run_job(job, files)
+    finally:
+        for handle in files:
+            handle.close()
+
+
+def _run_job(job: TrainJob, files: list) -> dict[str, Any]:
     from experiments.trainingdata import read_class_list
     from experiments.train import EvalSet, train
 
@@ -227,13 +242,13 @@ def run_job(job: TrainJob) -> dict[str, Any]:
     threads = config.torch_threads or max(1, _usable_cores() // place.local_world_size)
     _set_threads(threads)
     classes = read_class_list(job.classes) if job.classes is not None else None
-    features, weak, recipe = _open_split(job.train, job.labels, classes)
+    features, weak, recipe = _open_split(job.train, job.labels, classes, files)
     _say(f"[train] {len(features)} labelled clips of {job.train} ({weak.unlabelled} packed clips without labels, "
          f"{weak.missing} labelled clips not packed), {len(weak.classes)} classes; {place.world_size} process(es), "
          f"{threads} thread(s) each, precision {config.precision}")
     monitor = None
     if job.valid is not None:
-        valid_features, valid_weak, _ = _open_split(job.valid, job.valid_labels, weak.classes)
+        valid_features, valid_weak, _ = _open_split(job.valid, job.valid_labels, weak.classes, files)
         monitor = EvalSet(VALID_SET, valid_features, valid_weak.labels)
     model = config.model_config(len(weak.classes))
     scaler = _scaler(job, features)
@@ -263,6 +278,12 @@ def _fused_valid(job: TrainJob, result, monitor, scaler) -> float:
     atomic_write_json(job.out / "fused_valid.json", {"valid_at_micro_f1": f1, "fused_epochs":
                                                      list(config.training.fused_epochs), "valid": str(job.valid)})
     return f1
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _usable_cores() -> int:
