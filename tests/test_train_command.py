@@ -118,6 +118,12 @@ def test_preset_or_config_and_nproc_are_checked(packed, tmp_path, capsys):
     assert "--nproc must be at least 1" in capsys.readouterr().err
     assert main([*base, "--preset", "cvssp_crnn_at", "--valid", str(packed / "train.h5")]) == 1
     assert "--valid and --valid-labels go together" in capsys.readouterr().err
+    assert main([*base, "--preset", "cvssp_crnn_at", "--device", "gpu"]) == 1
+    assert "--device gpu: not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*base, "--preset", "cvssp_crnn_at", "--device", "cuda"]) == 1
+        assert capsys.readouterr().err.startswith("devinet train: error: --device cuda: CUDA is not available here")
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------- precision
