@@ -332,6 +332,7 @@ def launch(nproc: int, command: str, fn: Callable, *args: Any, threads: int | No
     """
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -342,7 +343,8 @@ def launch(nproc: int, command: str, fn: Callable, *args: Any, threads: int | No
                           start_method="spawn")
     # The launcher's own log (processes started and stopped) stays quiet: a failure is reported in
     # one line. The resource tracker would warn of the semaphore a killed process could not release.
-    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    loggers = [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)
+               if name.startswith(("torch.distributed.elastic", "torch.multiprocessing"))]
     levels = [logger.level for logger in loggers]
     saved = {key: os.environ.get(key) for key in (_LAUNCHED_BY_DEVINET, "PYTHONWARNINGS")}
     for logger in loggers:
@@ -354,6 +356,8 @@ def launch(nproc: int, command: str, fn: Callable, *args: Any, threads: int | No
         results = elastic_launch(config, _launched_process)(command, threads, fn, args)
     except ChildFailedError as exc:
         raise TrainingProcessFailed(_failure_line(exc, nproc)) from None
+    except SignalException:  # Ctrl-C or a kill of this process: the launcher stopped the training processes
+        raise KeyboardInterrupt from None
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
