@@ -575,7 +575,7 @@ def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, cl
 
 
 __all__ = [
-    "FORMAT_VERSION", "BACKENDS", "FEATURE_DTYPES", "SKIP_KINDS", "MAX_SECONDS", "NothingPackedError", "WorkerDiedError", "Skipped",
-    "PackResult", "PackedSplit",
+    "FORMAT_VERSION", "BACKENDS", "FEATURE_DTYPES", "SKIP_KINDS", "MAX_SECONDS", "NothingPackedError",
+    "WorkerDiedError", "Skipped", "PackResult", "PackedSplit", "open_packed",
     "recipe", "index_wav_folder", "pack_split", "load_packed", "read_skipped", "fit_scaler",
 ]

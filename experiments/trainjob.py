@@ -218,9 +218,11 @@ def _scaler(job: TrainJob, features):
 
 
 def _feature_recipe(packed: dict):
+    """The checkpoints' feature recipe: the original's, with the resampler the packed file was made with."""
+    from devinet.features import canonical_resampler
     from devinet.preprocessing import FeatureRecipe
 
-    return FeatureRecipe(resampler=packed.get("resampler", FeatureRecipe().resampler))
+    return FeatureRecipe(resampler=canonical_resampler(packed.get("resampler", FeatureRecipe().resampler)))
 
 
 def run_job(job: TrainJob) -> dict[str, Any]:
