@@ -254,6 +254,13 @@ def _run_keras2_grus(grus: tuple["Keras2GRU", ...], x: torch.Tensor, h0: torch.T
     b_hh = torch.stack([w[3] for w in weights]).unsqueeze(1) if first.reset_after else None
     if h0 is None:
         h0 = x.new_zeros(D, N, H)
+    if torch.is_autocast_enabled(x.device.type):
+        # Under autocast (mixed-precision training) the input projection above runs in the low
+        # precision; the recurrence runs in float32 (its matmuls are small, and 240 steps of
+        # bfloat16 rounding would compound), so its output is float32.
+        with torch.autocast(x.device.type, enabled=False):
+            return keras2_gru_scan(xw.float(), w_hh.float(), None if b_hh is None else b_hh.float(), h0.float(),
+                                    spec)
     return keras2_gru_scan(xw, w_hh, b_hh, h0, spec)
 
 

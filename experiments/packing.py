@@ -2,8 +2,10 @@
 
 Layout of the packed file (``FORMAT_VERSION`` 1), clips in metadata order:
 
-- ``features`` (N, 240, 64) float32: :func:`devinet.features.extract_logmel`, zero-padded or
-  truncated to 240 frames as the original packer did;
+- ``features`` (N, 240, 64) float32 (or float16 with ``dtype="float16"``: half the storage,
+  log-mel rounded to 11 significant bits; readers widen it to float32):
+  :func:`devinet.features.extract_logmel`, zero-padded or truncated to 240 frames as the
+  original packer did;
 - ``labels`` (N, 17) float32: multi-hot, official class order (all zero without metadata);
 - ``names`` (N,) utf-8: clip keys ``<youtube_id>_<start>_<end>``;
 - ``n_frames`` (N,) int32: frames before padding/truncation;
@@ -46,6 +48,8 @@ from .workers import bounded, process_pool, usable_cores
 
 FORMAT_VERSION = 1
 BACKENDS = ("reference", "torch")
+#: storage types of the packed features
+FEATURE_DTYPES = ("float32", "float16")
 SKIP_KINDS = ("missing", "empty", "unreadable")
 #: modules the worker processes import once, up front
 _PRELOAD = (__name__, "scipy.signal", "soundfile", "librosa")
@@ -284,6 +288,7 @@ def pack_split(
     device: str = "cpu",
     force: bool = False,
     progress: bool = True,
+    dtype: str = "float32",
 ) -> PackResult:
     """Extract and pack every clip of a split into one HDF5 file (see the module docstring).
 
@@ -300,11 +305,13 @@ def pack_split(
         device: torch device of the torch backend.
         force: overwrite an existing output and discard an unfinished run of another job.
         progress: show a tqdm progress bar.
+        dtype: storage type of the features, "float32" or "float16" (half the size; the
+            chunks of an interrupted run are float32 either way).
 
     Missing, empty and unreadable clips are skipped and listed, never fatal. A run cut short
     resumes when called again with the same arguments.
     """
-    resampler, jobs = _checked_options(backend, resampler, chunk_size, jobs)
+    resampler, jobs = _checked_options(backend, resampler, chunk_size, jobs, dtype)
     out_path = check_destination(out_path, force)
     h5py = _h5py()
     keys, paths, labels = _plan(wav_dir, meta_path)
@@ -320,7 +327,7 @@ def pack_split(
                 _run_reference(tasks, work, resampler, jobs, bar)
             else:
                 _run_torch(tasks, work, device, jobs, bar)
-        result = _assemble(h5py, work, chunks, out_path, labels, this_recipe, wav_dir, meta_path)
+        result = _assemble(h5py, work, chunks, out_path, labels, this_recipe, wav_dir, meta_path, dtype)
     except NothingPackedError:
         work.remove()  # its chunks only say that every clip failed: nothing worth resuming
         raise
@@ -334,7 +341,8 @@ def pack_split(
     return PackResult(out_path, result[0], result[1], len(finished), len(pending))
 
 
-def _checked_options(backend: str, resampler: str, chunk_size: int, jobs: int | None) -> tuple[str, int]:
+def _checked_options(backend: str, resampler: str, chunk_size: int, jobs: int | None,
+                     dtype: str = "float32") -> tuple[str, int]:
     """The canonical resampler name and the number of worker processes; InputError for bad options."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -343,6 +351,8 @@ def _checked_options(backend: str, resampler: str, chunk_size: int, jobs: int | 
         raise InputError("the torch backend implements the original resampler only")
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    if dtype not in FEATURE_DTYPES:
+        raise InputError(f"unknown feature dtype {dtype!r}; expected one of {', '.join(FEATURE_DTYPES)}")
     jobs = usable_cores() if jobs is None else jobs
     if jobs < 1:
         raise InputError(f"jobs must be >= 1, got {jobs}")
@@ -417,7 +427,8 @@ def _torch_features(decoded: list, device: str, skipped: list[Skipped]) -> list[
     return out
 
 
-def _assemble(h5py, work: WorkFolder, chunks, out_path: Path, labels, this_recipe, wav_dir, meta_path):
+def _assemble(h5py, work: WorkFolder, chunks, out_path: Path, labels, this_recipe, wav_dir, meta_path,
+              dtype: str = "float32"):
     """Write the HDF5 file from the chunk files, in plan order, atomically."""
     names: list[str] = []
     n_frames: list[np.ndarray] = []
@@ -438,11 +449,11 @@ def _assemble(h5py, work: WorkFolder, chunks, out_path: Path, labels, this_recip
     string = h5py.string_dtype("utf-8")
     with atomic_path(out_path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as h5:
-            features = h5.create_dataset("features", shape=(len(names), FRAMES, N_MELS), dtype="float32")
+            features = h5.create_dataset("features", shape=(len(names), FRAMES, N_MELS), dtype=dtype)
             row = 0
             for index in range(len(chunks)):
                 block = work.read_chunk(index)["features"]
-                features[row : row + block.shape[0]] = block
+                features[row : row + block.shape[0]] = block.astype(dtype)
                 row += block.shape[0]
             target = np.stack([labels[name] for name in names]) if labels is not None else \
                 np.zeros((len(names), len(meta.CLASSES)), np.float32)
@@ -454,7 +465,7 @@ def _assemble(h5py, work: WorkFolder, chunks, out_path: Path, labels, this_recip
             group.create_dataset("kinds", data=[s.kind for s in skipped], dtype=string)
             group.create_dataset("details", data=[s.detail for s in skipped], dtype=string)
             h5.attrs["format_version"] = FORMAT_VERSION
-            h5.attrs["recipe"] = json.dumps(this_recipe)
+            h5.attrs["recipe"] = json.dumps(this_recipe | {"dtype": dtype})
             h5.attrs["classes"] = json.dumps(list(meta.CLASSES))
             h5.attrs["has_labels"] = labels is not None
             h5.attrs["backend"] = this_recipe["backend"]
@@ -467,7 +478,7 @@ def _assemble(h5py, work: WorkFolder, chunks, out_path: Path, labels, this_recip
 # Reading packed files back
 
 
-def _open_packed(path: str | os.PathLike):
+def open_packed(path: str | os.PathLike):
     path = Path(path)
     _h5py()  # a missing h5py is reported before anything about the file
     if not path.is_file():
@@ -483,7 +494,7 @@ def _open_packed(path: str | os.PathLike):
 
 def load_packed(path: str | os.PathLike) -> PackedSplit:
     """Read a whole packed file into memory."""
-    with _open_packed(path) as h5:
+    with open_packed(path) as h5:
         return PackedSplit(
             features=h5["features"][()],
             labels=h5["labels"][()],
@@ -497,7 +508,7 @@ def load_packed(path: str | os.PathLike) -> PackedSplit:
 
 def read_skipped(path: str | os.PathLike) -> list[Skipped]:
     """The clips a packed file does not hold, with the reason."""
-    with _open_packed(path) as h5:
+    with open_packed(path) as h5:
         group = h5["skipped"]
         return [Skipped(k, c, d) for k, c, d in
                 zip(group["names"].asstr()[()], group["kinds"].asstr()[()], group["details"].asstr()[()])]
@@ -510,7 +521,7 @@ def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, cl
     ``calculate_scaler`` did on its packed file; ``valid_frames_only`` uses only each clip's
     real frames.
     """
-    with _open_packed(h5path) as h5:
+    with open_packed(h5path) as h5:
         features, n_frames = h5["features"], h5["n_frames"][()]
 
         def batches():
@@ -525,7 +536,7 @@ def fit_scaler(h5path: str | os.PathLike, *, valid_frames_only: bool = False, cl
 
 
 __all__ = [
-    "FORMAT_VERSION", "BACKENDS", "SKIP_KINDS", "NothingPackedError", "WorkerDiedError", "Skipped",
-    "PackResult", "PackedSplit",
+    "FORMAT_VERSION", "BACKENDS", "FEATURE_DTYPES", "SKIP_KINDS", "NothingPackedError", "WorkerDiedError", "Skipped",
+    "PackResult", "PackedSplit", "open_packed",
     "recipe", "index_wav_folder", "missing_summary", "pack_split", "load_packed", "read_skipped", "fit_scaler",
 ]

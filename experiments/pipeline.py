@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -75,8 +76,6 @@ AUDIO_CANDIDATES = {
              "unbalanced_train_segments_testing_set_audio_formatted_and_segmented_downloads"),
     "evaluation": ("audio/evaluation", "audio/eval", "evaluation", "eval", "evaluation_set_formatted_audio_segments"),
 }
-#: packed training features above this size are read from the HDF5 file batch by batch
-IN_MEMORY_LIMIT_BYTES = 2 * 1024 ** 3
 
 
 # ---------------------------------------------------------------------- options
@@ -102,6 +101,8 @@ class Options:
     force: bool = False
     progress: bool = True
     command: str = ""
+    nproc: int = 1
+    precision: str = "fp32"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, command: str = "") -> "Options":
@@ -123,6 +124,8 @@ class Options:
             raise ConfigError(f"--seed must be >= 0, got {args.seed}")
         if args.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
         out = Path(args.out)
         path = lambda p: Path(p) if p is not None else None  # noqa: E731
         return cls(size=size, out=out, work_dir=Path(args.work_dir) if args.work_dir else out / "work",
@@ -131,7 +134,8 @@ class Options:
                    systems=resolve_systems(args.systems), seed=args.seed,
                    seeds=args.seeds, jobs=args.jobs or usable_cores(), device=args.device, threads=args.threads,
                    deterministic=args.deterministic,
-                   force=args.force, progress=args.progress, command=command)
+                   force=args.force, progress=args.progress, command=command, nproc=args.nproc,
+                   precision=args.precision)
 
     @property
     def training_seeds(self) -> tuple[int, ...]:
@@ -139,12 +143,14 @@ class Options:
         return tuple(range(self.seed, self.seed + self.seeds))
 
     def experiment(self, seed: int) -> str:
-        """The folder name of one training seed's runs and predictions under a dataset: size and seed."""
-        return f"{self.size.name}-seed{seed}"
+        """The folder name of one training seed's runs and predictions under a dataset: size, seed and
+        a precision other than fp32."""
+        return f"{self.size.name}-seed{seed}" + ("" if self.precision == "fp32" else f"-{self.precision}")
 
 
 def _say(message: str) -> None:
-    print(message, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # once, not once per data-parallel training process
+        print(message, flush=True)
 
 
 # ---------------------------------------------------------------------- stage 1: data
@@ -241,12 +247,14 @@ def prepare_data(options: Options) -> Dataset:
 # ---------------------------------------------------------------------- stage 2: features
 @dataclass
 class Split:
-    """A packed split: unscaled features (N, 240, 64) (array or h5py dataset), labels (N, 17), clip keys."""
+    """A packed split: unscaled features (N, 240, 64) (an h5py dataset, read lazily), labels (N, 17),
+    clip keys, skipped clips by kind, and the packed file."""
 
     features: Any
     labels: np.ndarray
     names: list[str]
     skipped: dict[str, int]
+    path: Path
 
 
 @dataclass
@@ -287,22 +295,17 @@ def _open_split(path: Path, handles: list) -> Split:
     if dataset.shape[1:] != (FRAMES, N_MELS):
         h5.close()
         raise FileFormatError(path, f"features of shape {dataset.shape}, expected (N, {FRAMES}, {N_MELS})")
-    in_memory = dataset.size * dataset.dtype.itemsize <= IN_MEMORY_LIMIT_BYTES
-    features = dataset[()] if in_memory else dataset
+    handles.append(h5)  # the features stay in the file (training reads them batch by batch)
     labels = h5["labels"][()]
     names = [clip_key(n) for n in h5["names"].asstr()[()]]
-    if in_memory:
-        h5.close()
-    else:
-        handles.append(h5)
     skipped = {kind: 0 for kind in SKIP_KINDS}
     for item in read_skipped(path):
         skipped[item.kind] += 1
-    return Split(features, labels.astype(np.float32), names, skipped)
+    return Split(dataset, labels.astype(np.float32), names, skipped, path)
 
 
 def prepare_features(options: Options, dataset: Dataset) -> Features:
-    """Pack both splits (the testing split against its weak ground truth) and fit the scaler on training."""
+    """Pack every split (testing and evaluation against their weak ground truth) and fit the scaler on training."""
     from experiments.packing import fit_scaler
 
     folder = options.work_dir / "features" / dataset.tag
@@ -317,23 +320,30 @@ def prepare_features(options: Options, dataset: Dataset) -> Features:
     train_h5 = folder / "train.h5"
     if not scaler_path.is_file() or scaler_path.stat().st_mtime < train_h5.stat().st_mtime:
         fit_scaler(train_h5).save(scaler_path)
+    features = open_features(folder, evaluation=dataset.eval_audio is not None)
+    for split, data, wav_dir in (("training", features.train, dataset.train_audio),
+                                 ("testing", features.test, dataset.test_audio),
+                                 ("evaluation", features.evaluation, dataset.eval_audio)):
+        lost = sum(data.skipped.values()) if data is not None else 0
+        if lost:
+            _say(f"[features] {split}: {lost} clips without usable audio are left out ({data.skipped})")
+            _report_missing(split, data.path, wav_dir, len(data.names) + lost)
+    return features
+
+
+def open_features(folder: Path, evaluation: bool = False) -> Features:
+    """The packed splits (train.h5, test.h5 and, with ``evaluation``, evaluation.h5; features read
+    lazily) and the scaler (scaler.npz) of a features folder."""
     handles: list = []
     try:
-        train_split = _open_split(train_h5, handles)
+        train_split = _open_split(folder / "train.h5", handles)
         test_split = _open_split(folder / "test.h5", handles)
-        eval_split = _open_split(folder / "evaluation.h5", handles) if dataset.eval_audio is not None else None
+        eval_split = _open_split(folder / "evaluation.h5", handles) if evaluation else None
     except BaseException:
         for h in handles:
             h.close()
         raise
-    for split, data, packed, wav_dir in (("training", train_split, train_h5, dataset.train_audio),
-                                         ("testing", test_split, folder / "test.h5", dataset.test_audio),
-                                         ("evaluation", eval_split, folder / "evaluation.h5", dataset.eval_audio)):
-        lost = sum(data.skipped.values()) if data is not None else 0
-        if lost:
-            _say(f"[features] {split}: {lost} clips without usable audio are left out ({data.skipped})")
-            _report_missing(split, packed, wav_dir, len(data.names) + lost)
-    return Features(train_split, test_split, Scaler.load(scaler_path), folder, eval_split, handles)
+    return Features(train_split, test_split, Scaler.load(folder / "scaler.npz"), folder, eval_split, handles)
 
 
 def scored_splits(dataset: Dataset, features: Features) -> list[ScoredSplit]:
@@ -365,7 +375,28 @@ def run_dir(options: Options, dataset: Dataset, system: str, seed: int) -> Path:
 
 
 def train_systems(options: Options, dataset: Dataset, features: Features, seed: int) -> dict[str, TrainResult]:
-    """Train (or resume) every trained system of the options with training seed ``seed``, one after the other."""
+    """Train (or resume) every trained system of the options with training seed ``seed``, one after the
+    other (on ``options.nproc`` data-parallel processes started by torch's elastic launcher when it is above 1)."""
+    if options.nproc > 1:
+        from experiments.distributed import launch
+        from experiments.workers import usable_cores
+
+        threads = options.threads or options.size.torch_threads or max(1, usable_cores() // options.nproc)
+        return launch(options.nproc, "reproduce", _train_systems_in_process, options, dataset, features.folder,
+                      seed, threads=threads)
+    return _train_systems(options, dataset, features, seed)
+
+
+def _train_systems_in_process(options: Options, dataset: Dataset, folder: Path, seed: int) -> dict[str, TrainResult]:
+    """One data-parallel training process of :func:`train_systems` (it opens the packed files itself)."""
+    features = open_features(folder)
+    try:
+        return _train_systems(options, dataset, features, seed)
+    finally:
+        features.close()
+
+
+def _train_systems(options: Options, dataset: Dataset, features: Features, seed: int) -> dict[str, TrainResult]:
     monitor = EvalSet(TEST_SET, features.test.features, features.test.labels)
     results = {}
     for system in options.systems:
@@ -377,6 +408,7 @@ def train_systems(options: Options, dataset: Dataset, features: Features, seed: 
             options.size.model(system), features.train.features, features.train.labels,
             features.scaler, run_dir(options, dataset, system, seed), options.size.schedule(system), seed=seed,
             deterministic=options.deterministic, monitor=monitor, eval_batch_size=options.size.eval_batch_size,
+            precision=options.precision,
             force=options.force, device=options.device, name=system, progress=options.progress,
             classes=CLASSES)
     return results

@@ -8,7 +8,8 @@ result (measurements and their story: docs/benchmarks.md, "The allocator"):
 - huge pages (:func:`environment_with_huge_pages`): ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
   makes malloc ask for 2 MiB pages, 512 times fewer faults, no memory cost. glibc reads it
   at start-up only, so a command turns it on by running itself again
-  (:func:`relaunch_with_huge_pages`);
+  (:func:`relaunch_with_huge_pages`); ``devinet train``, ``reproduce`` and ``bench`` do so by
+  default where huge pages are available (:func:`huge_pages_by_default`);
 - :func:`retain_freed_memory`: freed blocks stay mapped (no faults) at the cost of resident
   memory (the heap's high-water mark); opt-in, for the process as a whole.
 """
@@ -168,3 +169,29 @@ def relaunch_with_huge_pages(argv: list[str]) -> int | None:
     if huge_pages_requested():
         return None
     return run_devinet_with_huge_pages(argv)
+
+
+def _say(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not one per training process
+        print(f"[runtime] {message}", flush=True)
+
+
+def huge_pages_by_default(argv: list[str], choice: bool | None) -> int | None:
+    """Run a command with huge pages unless told not to; says which allocator is in use (one line).
+
+    ``choice``: None (the default: huge pages where available, else glibc's default allocator,
+    with a note), True (``--huge-pages``: required, an error where unavailable) or False
+    (``--no-huge-pages``). Returns None when this process should go on with the command, else
+    the exit code of the command run again with huge pages (:func:`relaunch_with_huge_pages`).
+    """
+    if choice is False:
+        _say("allocator: glibc's default (--no-huge-pages)")
+        return None
+    why = huge_pages_unavailable()
+    if why is not None and not choice:
+        _say(f"allocator: glibc's default (huge pages unavailable: {why})")
+        return None
+    if huge_pages_requested() and why is None:
+        _say(f"allocator: glibc's malloc with transparent huge pages (GLIBC_TUNABLES={HUGE_PAGE_TUNABLE}; "
+             "--no-huge-pages to turn off)")
+    return relaunch_with_huge_pages(argv)

@@ -66,6 +66,7 @@ def training_entry(run: TrainResult, iterations_per_epoch: int, monitor: str) ->
     """What one training run did (one seed)."""
     return {
         "epochs": run.epochs_done, "iterations": run.epochs_done * iterations_per_epoch,
+        "world_size": run.world_size,
         "final_loss": run.history[-1]["loss"] if run.history else None,
         "seconds": sum(r.get("train_seconds", 0.0) + r.get(f"{monitor}_seconds", 0.0) for r in run.history),
         "history": run.history,
@@ -230,6 +231,7 @@ def write_report(options: "Options", dataset: "Dataset", features: "Features", o
         "data_seed": options.seed,
         "seed_rule": SEED_RULE,
         "deterministic": options.deterministic,
+        "precision": options.precision,
         "dataset": dataset.info | {
             "train_clips_used": len(features.train.names), "test_clips_scored": len(features.test.names),
             "train_clips_without_audio": features.train.skipped, "test_clips_without_audio": features.test.skipped},

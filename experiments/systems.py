@@ -243,7 +243,7 @@ class SizeConfig:
         return dataclasses.asdict(self)
 
 
-def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
+def check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -259,12 +259,12 @@ def size_config_from_dict(data: Mapping[str, Any], where: str = "size config") -
     """Validate a size config's plain data (unknown or missing keys are errors)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    _check_keys(data, SizeConfig, where)
+    check_keys(data, SizeConfig, where)
     training = data["training"]
     if not isinstance(training, (Mapping, str)):
         raise ConfigError(f"{where}: training must be a mapping or a schedule's name")
     if isinstance(training, Mapping):
-        _check_keys(training, TrainSchedule, f"{where}: training")
+        check_keys(training, TrainSchedule, f"{where}: training")
     try:
         if isinstance(training, Mapping):
             training = TrainSchedule(**training)

@@ -1,4 +1,4 @@
-"""Train a DeviNet on packed log-mel arrays with the original CVSSP recipe, resumably.
+"""Train a DeviNet on packed log-mel arrays with the original CVSSP recipe, resumably, on one or many processes.
 
 The recipe (yongxuUSTC/dcase2017_task4_cvssp): Keras 2.0.8's Adam (:class:`devinet.optim.Keras2Adam`)
 with learning rate 1e-3, Keras 2.0.8's binary cross-entropy on the clip-level output, class-ratio balanced batches of 44
@@ -9,31 +9,26 @@ per mel bin with the scaler fitted on the training split. BatchNorm's moving sta
 Keras 2.0.8 on Theano (the presets' ``bn_moving_variance``); docs/training-parity.md shows the
 whole step equal to genuine Keras 2.0.8 recordings.
 
-A run lives in one folder::
+A run lives in one folder (:mod:`experiments.runfolder`): ``run.json``, one checkpoint per
+epoch, ``metrics.jsonl`` and the monitored predictions of the fused epochs. Every file is
+written atomically, so a run killed at any moment, even by SIGKILL in the middle of a
+checkpoint write, leaves only complete checkpoints; :func:`train` called again on the folder
+resumes after the last one. In deterministic mode (the default; on CPU) a resumed run ends
+with the same weights and metrics, bit for bit, as one that was never interrupted: the sampler
+is keyed by counters, and its state, the optimizer's and torch's RNG state are saved with
+every checkpoint.
 
-    run.json                         what is trained on what (checked when resuming), versions
-    checkpoints/epoch_0007.pt        one per epoch: model, optimizer, sampler and RNG states
-    metrics.jsonl                    one JSON record per finished epoch
-    predictions/<set>/epoch_0007.npz monitored predictions of the epochs that are fused
-
-Every file is written atomically (a temporary file renamed into place), so a run killed at
-any moment, even by SIGKILL in the middle of a checkpoint write, leaves only complete
-checkpoints; :func:`train` called again on the folder resumes after the last one. In
-deterministic mode (the default; on CPU) a resumed run ends with the same weights and
-metrics, bit for bit, as one that was never interrupted: the sampler is keyed by counters,
-and its state, the optimizer's and torch's RNG state are saved with every checkpoint.
-
-Checkpoints are devinet checkpoints (``devinet.load`` reads the model from any of them) with
-one more entry, ``training``, that holds plain data only: they load with
-``torch.load(weights_only=True)``.
+Scale (docs/scaling.md): features are read lazily, batch by batch, optionally by DataLoader
+workers (:mod:`experiments.trainingdata`); under a torch launcher the run is data-parallel
+(:mod:`experiments.distributed`: each process trains on its slice of every global batch, the
+result equals one process's up to float32 rounding, rank 0 writes the folder); ``precision``
+bf16 or fp16 trains under autocast (:mod:`experiments.precision`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import re
 import time
@@ -45,24 +40,20 @@ import numpy as np
 import torch
 
 from devinet import checkpoint as ckpt
-from devinet._io import atomic_path, atomic_write_json, atomic_write_text, exclusive_lock
-from experiments.batching import BalancedBatchSampler
+from devinet._io import atomic_write_json
 from devinet.config import DeviNetConfig
 from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import Scaler
 from devinet.losses import keras2_binary_crossentropy as keras_bce
 from devinet.model import DeviNet
 from devinet.optim import Keras2Adam
-from devinet.preprocessing import Preprocessing, default_classes
+from devinet.preprocessing import FeatureRecipe, Preprocessing, default_classes
+from experiments import distributed, precision as amp
+from experiments.batching import BalancedBatchSampler
 from experiments.evaluation.tagging import at_micro_f1
+from experiments.runfolder import RUN_FILE, RunFolder, data_fingerprint, differences, eval_fingerprint
+from experiments.trainingdata import ClipBatches, EpochBatches, batch_loader, gather
 
-TRAINING_STATE_FORMAT = "devinet-training-state"
-TRAINING_STATE_VERSION = 1
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-PREDICTION_DIR = "predictions"
-_CHECKPOINT_NAME = re.compile(r"^epoch_(\d{4})\.pt$")
 KEEP_POLICIES = ("fused", "all")
 
 
@@ -170,6 +161,7 @@ class TrainResult:
         epochs_done: epochs completed so far.
         history: one metrics record per completed epoch (the lines of ``metrics.jsonl``).
         resumed_from: the epoch this call started after (0 for a fresh run).
+        world_size: training processes of this call (data-parallel; 1 for one process).
     """
 
     run_dir: Path
@@ -177,6 +169,7 @@ class TrainResult:
     epochs_done: int
     history: list[dict[str, Any]]
     resumed_from: int
+    world_size: int = 1
 
     @property
     def finished(self) -> bool:
@@ -185,24 +178,14 @@ class TrainResult:
 
 # ---------------------------------------------------------------------- small pieces
 @contextlib.contextmanager
-def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+def deterministic_algorithms(enabled: bool, warn_only: bool = False) -> Iterator[None]:
     """``torch.use_deterministic_algorithms(enabled)`` for the duration, then the previous setting."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(enabled)
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-def gather(features: Any, indices: np.ndarray) -> np.ndarray:
-    """Rows ``indices`` (any order, repeats allowed) of a numpy array or an h5py dataset, (B, T, F) float32.
-
-    h5py reads increasing unique indices only, so the unique rows are read once and then expanded.
-    """
-    unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
-    block = np.asarray(features[unique] if isinstance(features, np.ndarray) else features[unique.tolist()])
-    return block[inverse].astype(np.float32, copy=False)
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def predict(model: DeviNet, features: Any, scaler: Scaler, batch_size: int = 32,
@@ -219,157 +202,10 @@ def predict(model: DeviNet, features: Any, scaler: Scaler, batch_size: int = 32,
     with torch.no_grad():
         for start in range(0, len(features), batch_size):
             x = gather(features, np.arange(start, min(start + batch_size, len(features))))
-            out = model(torch.from_numpy(scaler.transform(x)).to(device))
-            clips.append(out["clipwise"].cpu().numpy())
-            frames.append(out["framewise"].cpu().numpy())
+            out = model(torch.from_numpy(scaler.transform(x)).to(device, dtype=next(model.parameters()).dtype))
+            clips.append(out["clipwise"].float().cpu().numpy())
+            frames.append(out["framewise"].float().cpu().numpy())
     return np.concatenate(clips), np.concatenate(frames)
-
-
-def data_fingerprint(features: Any, labels: np.ndarray, scaler: Scaler) -> str:
-    """A short hash of what a run trains on: the features' shape, the labels and the scaler."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(list(np.shape(features))).encode())
-    digest.update(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
-    digest.update(scaler.mean.tobytes())
-    digest.update(scaler.std.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _eval_fingerprint(eval_set: EvalSet) -> str:
-    digest = hashlib.sha256(json.dumps([eval_set.name, list(np.shape(eval_set.features))]).encode())
-    digest.update(np.ascontiguousarray(eval_set.labels, dtype=np.float32).tobytes())
-    return digest.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------- the run folder
-class RunFolder:
-    """A training run's folder: identity, lock, checkpoints, metrics log, monitored predictions."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._lock = None
-
-    # paths
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    def checkpoint(self, epoch: int) -> Path:
-        return self.checkpoints / f"epoch_{epoch:04d}.pt"
-
-    def predictions(self, name: str, epoch: int) -> Path:
-        return self.path / PREDICTION_DIR / name / f"epoch_{epoch:04d}.npz"
-
-    def read_identity(self) -> dict[str, Any] | None:
-        path = self.path / RUN_FILE
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise FileFormatError(path, "not valid JSON (remove the run folder or use --force)") from None
-
-    def completed_epochs(self) -> list[int]:
-        """Epochs with a checkpoint on disk, ascending (atomic writes: every one is complete)."""
-        if not self.checkpoints.is_dir():
-            return []
-        found = (_CHECKPOINT_NAME.match(p.name) for p in self.checkpoints.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
-
-    def read_history(self) -> list[dict[str, Any]]:
-        path = self.path / METRICS_FILE
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    # lifecycle
-    def lock(self) -> None:
-        """Hold an exclusive lock on the folder (released by :meth:`unlock` or when the process dies)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = exclusive_lock(self.path / "lock", "another process is training in this run folder")
-
-    def unlock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def remove_stale_temporaries(self) -> None:
-        """Temporary files of atomic writes cut short by a kill (we hold the lock: none is in use)."""
-        for folder in [self.path, self.checkpoints, *(self.path / PREDICTION_DIR).glob("*")]:
-            if folder.is_dir():
-                for stale in folder.glob(".*.tmp"):
-                    stale.unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        """Delete what a previous run wrote here (its checkpoints, predictions, log and identity)."""
-        for path in self.checkpoints.glob("epoch_*.pt") if self.checkpoints.is_dir() else []:
-            path.unlink()
-        for path in (self.path / PREDICTION_DIR).glob("*/epoch_*.npz"):
-            path.unlink()
-        for name in (METRICS_FILE, RUN_FILE):
-            (self.path / name).unlink(missing_ok=True)
-
-    def write_history(self, history: Sequence[dict[str, Any]]) -> None:
-        """Rewrite ``metrics.jsonl`` atomically (one record per line), so a reader never sees half a line."""
-        atomic_write_text(self.path / METRICS_FILE, "".join(json.dumps(record) + "\n" for record in history))
-
-    def prune(self, latest: int, keep: set[int]) -> None:
-        """Delete checkpoints other than ``latest`` and those of ``keep``."""
-        for epoch in self.completed_epochs():
-            if epoch != latest and epoch not in keep:
-                self.checkpoint(epoch).unlink(missing_ok=True)
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    found = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return found
-
-
-def _save_checkpoint(folder: RunFolder, model: DeviNet, optimizer: torch.optim.Optimizer,
-                     sampler: BalancedBatchSampler, epoch: int, history: list[dict[str, Any]],
-                     identity: dict[str, Any]) -> None:
-    """One epoch's checkpoint, atomically: a devinet checkpoint plus the ``training`` state (plain data)."""
-    payload = ckpt.checkpoint_payload(model, {"epoch": epoch, "iteration": history[-1]["iteration"],
-                                              "run": identity["name"]})
-    payload["training"] = {
-        "format": TRAINING_STATE_FORMAT,
-        "version": TRAINING_STATE_VERSION,
-        "epoch": epoch,
-        "identity": json.dumps(identity["trained"], sort_keys=True),
-        "optimizer": optimizer.state_dict(),
-        "sampler": sampler.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "history": history,
-    }
-    folder.checkpoints.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder.checkpoint(epoch)) as tmp:
-        torch.save(payload, tmp)
-
-
-def _read_training_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    payload = ckpt.read(path)
-    state = payload.get("training")
-    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
-        raise FileFormatError(path, "not a training checkpoint (no training state): cannot resume from it")
-    if state.get("version") != TRAINING_STATE_VERSION:
-        raise FileFormatError(path, f"unsupported training state version {state.get('version')!r}")
-    if state.get("identity") != json.dumps(identity["trained"], sort_keys=True):
-        raise FileFormatError(path, "was written by a run with another configuration than this folder's run.json")
-    return payload
-
-
-def _save_predictions(path: Path, clip: np.ndarray, frame: np.ndarray, fingerprint: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, clipwise=clip, framewise=frame, fingerprint=np.array(fingerprint))
 
 
 # ---------------------------------------------------------------------- training
@@ -392,81 +228,116 @@ def train(
     name: str = "model",
     progress: bool = True,
     classes: Sequence[str] | None = None,
+    precision: str = "fp32",
+    sync_batchnorm: bool = True,
+    workers: int = 0,
+    feature_recipe: FeatureRecipe | None = None,
 ) -> TrainResult:
     """Train (or resume training) ``model_config`` on ``features``/``labels`` in ``run_dir``.
 
     Args:
         model_config: the model to build (its weights start from ``torch.manual_seed(seed)``).
-        features: (N, T, n_mels) unscaled log-mel of the training clips (numpy or h5py).
-        labels: (N, C) multi-hot weak labels.
+        features: (N, T, n_mels) unscaled log-mel of the training clips: numpy, an h5py dataset
+            or an :class:`experiments.trainingdata.ClipFeatures` (read batch by batch).
+        labels: (N, C) multi-hot weak labels (any numeric dtype, e.g. uint8).
         scaler: per-mel-bin standardisation fitted on the training split.
         run_dir: the run folder (created; resumed when it holds a run of the same setup).
         schedule: epochs, iterations per epoch, batch size, learning rate, fused checkpoints.
         seed: seeds the weights, the batch sampler and torch's RNG.
         deterministic: ``torch.use_deterministic_algorithms(True)`` while training (on CPU a
-            resumed run then equals an uninterrupted one bit for bit).
+            resumed run then equals an uninterrupted one bit for bit; on CUDA a warning marks
+            the operations that are not deterministic).
         monitor: a labelled set predicted after every epoch: its AT micro F1 is logged, and
             its predictions of the fused epochs are kept for :func:`fused_predictions`.
         eval_batch_size: clips per forward pass when predicting ``monitor``.
         keep_checkpoints: "fused" keeps the fused epochs' checkpoints and the latest; "all" keeps all.
         stop_after: return once this many epochs are complete (the run stays resumable).
         force: discard a previous run in ``run_dir`` (also one with another setup) and start over.
-        device: torch device to train on (determinism is guaranteed on CPU).
+        device: torch device to train on (determinism is guaranteed on CPU); in a distributed
+            CUDA run each process uses ``cuda:LOCAL_RANK``.
         name: the run's name, recorded in run.json and the checkpoints.
         progress: show a tqdm progress bar.
         classes: names of the outputs (default: the DCASE 2017 labels for 17 classes, else
-            ``class_<k>``); with ``scaler`` and the original feature recipe they make every
-            checkpoint self-describing (``model.preprocessing`` after ``devinet.load``).
+            ``class_<k>``); with ``scaler`` and ``feature_recipe`` (default: the original's) they
+            make every checkpoint self-describing (``model.preprocessing`` after ``devinet.load``).
+        precision: "fp32" (default), "bf16" or "fp16" (autocast; fp16 with a gradient scaler), or
+            "fp64" (everything in float64: slow, for parity checks).
+        sync_batchnorm: in a data-parallel run, BatchNorm statistics over the global batch (the
+            single-process result); False: over each process's slice.
+        workers: DataLoader worker processes reading the batches ahead (0: read in this process).
 
     Returns:
         A :class:`TrainResult`. Raises ConfigError when ``run_dir`` holds a run of another setup
         (unless ``force``).
     """
-    from experiments.provenance import now, versions
-
     if keep_checkpoints not in KEEP_POLICIES:
         raise ConfigError(f"keep_checkpoints must be one of {', '.join(KEEP_POLICIES)}, got {keep_checkpoints!r}")
-    labels = np.asarray(labels, dtype=np.float32)
+    amp.check_precision(precision, device)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be a non-negative integer, got {workers!r}")
+    labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] != len(features) or labels.shape[1] != model_config.num_classes:
         raise InputError(f"labels must be ({len(features)}, {model_config.num_classes}), got {labels.shape}")
     if np.shape(features)[1:] and np.shape(features)[-1] != model_config.n_mels:
         raise InputError(f"features have {np.shape(features)[-1]} mel bins, the model expects {model_config.n_mels}")
-
+    if torch.device(device).type == "cuda" and deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    place = distributed.join(device)
+    identity = _identity(name, model_config, schedule, seed, deterministic, precision, features, labels, scaler,
+                         monitor)
     folder = RunFolder(run_dir)
+    if place.is_main:
+        _open_folder(folder, identity, schedule, force)
+    try:
+        preprocessing = Preprocessing(classes=tuple(classes or default_classes(model_config.num_classes)),
+                                      scaler=scaler, features=feature_recipe or FeatureRecipe())
+        job = _Job(folder, identity, model_config, features, labels, scaler, schedule, seed, monitor,
+                   eval_batch_size, keep_checkpoints, stop_after, distributed.training_device(device, place),
+                   progress and place.is_main, preprocessing, precision, sync_batchnorm, workers, place)
+        cuda = job.device.type == "cuda"
+        with deterministic_algorithms(deterministic, warn_only=cuda):
+            return _train_loop(job)
+    finally:
+        folder.unlock()
+
+
+def _identity(name, model_config, schedule, seed, deterministic, precision, features, labels, scaler,
+              monitor) -> dict[str, Any]:
+    """What a run trains on what (compared when resuming); fp32 runs leave precision out (as before it existed)."""
+    trained = {
+        "model": model_config.to_dict(),
+        "schedule": schedule.to_dict(),
+        "seed": int(seed),
+        "optimizer": OPTIMIZER,
+        "deterministic": bool(deterministic),
+        "data": data_fingerprint(features, labels, scaler),
+        "monitor": None if monitor is None else eval_fingerprint(monitor),
+    }
+    if precision != "fp32":
+        trained["precision"] = precision
+    return {"name": name, "trained": trained}
+
+
+def _open_folder(folder: RunFolder, identity: dict[str, Any], schedule: TrainSchedule, force: bool) -> None:
+    """Lock the run folder and check (or start) its run: the main process's part of :func:`train`."""
+    from experiments.provenance import now, versions
+
     folder.lock()
     try:
-        identity = {
-            "name": name,
-            "trained": {
-                "model": model_config.to_dict(),
-                "schedule": schedule.to_dict(),
-                "seed": int(seed),
-                "optimizer": OPTIMIZER,
-                "deterministic": bool(deterministic),
-                "data": data_fingerprint(features, labels, scaler),
-                "monitor": None if monitor is None else _eval_fingerprint(monitor),
-            },
-        }
         previous = folder.read_identity()
         if force or (previous is None):
             folder.clear()
         elif previous.get("trained") != identity["trained"]:
-            changes = "; ".join(_differences(previous.get("trained", {}), identity["trained"])[:6])
+            changes = "; ".join(differences(previous.get("trained", {}), identity["trained"])[:6])
             raise ConfigError(f"{folder.path} holds a run with another setup ({changes}); "
                               "use another folder, or --force to discard it")
         folder.remove_stale_temporaries()
         if previous is None or force:
             atomic_write_json(folder.path / RUN_FILE, {**identity, "schedule": schedule.to_dict(),
                                                        "created": now(), "versions": versions()})
-
-        preprocessing = Preprocessing(classes=tuple(classes or default_classes(model_config.num_classes)),
-                                      scaler=scaler)
-        job = _Job(folder, identity, model_config, features, labels, scaler, schedule, seed, monitor,
-                   eval_batch_size, keep_checkpoints, stop_after, device, progress, preprocessing)
-        with deterministic_algorithms(deterministic):
-            return _train_loop(job)
-    finally:
+    except BaseException:
         folder.unlock()
+        raise
 
 
 #: the recipe's optimizer, recorded in a run's identity (a run folder is resumed only by the same one)
@@ -481,17 +352,35 @@ def make_optimizer(model: DeviNet, learning_rate: float) -> torch.optim.Optimize
 
 class TrainingStep:
     """One step of the recipe: forward, Keras binary cross-entropy on the clip output, backward,
-    optimizer step. ``step(x, y)`` returns the loss (a 0-d tensor, not synchronised)."""
+    optimizer step. ``step(x, y, weight)`` returns ``weight`` times the loss (a 0-d tensor, not synchronised).
 
-    def __init__(self, model: DeviNet, optimizer: torch.optim.Optimizer):
+    ``precision`` "bf16" or "fp16" runs the forward under autocast (the loss in float32); fp16
+    scales the loss with ``grad_scaler`` (:func:`experiments.precision.grad_scaler`). ``weight``
+    is a data-parallel process's share of the global batch (:func:`experiments.distributed.shard`).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
+                 grad_scaler: torch.amp.GradScaler | None = None):
         self.model = model
         self.optimizer = optimizer
+        self.precision = precision
+        self.grad_scaler = grad_scaler
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = keras_bce(self.model(x)["clipwise"], y)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        dtype = amp.parameter_dtype(self.precision)
+        with amp.autocast(self.precision, x.device.type):
+            probs = self.model(x.to(dtype))["clipwise"]
+        loss = keras_bce(probs.to(dtype), y.to(dtype))
+        if weight != 1.0:
+            loss = loss * weight
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.grad_scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
         return loss.detach()
 
 
@@ -511,67 +400,113 @@ class _Job:
     eval_batch_size: int
     keep_checkpoints: str
     stop_after: int | None
-    device: str | torch.device
+    device: torch.device
     progress: bool
     preprocessing: Preprocessing
+    precision: str = "fp32"
+    sync_batchnorm: bool = True
+    workers: int = 0
+    place: distributed.Processes = distributed.Processes()
 
 
-def _restore(job: _Job, model: DeviNet, optimizer: torch.optim.Optimizer,
-             sampler: BalancedBatchSampler) -> tuple[int, list[dict[str, Any]]]:
-    """Load the last checkpoint of the run folder, if any: (its epoch, the history so far)."""
-    done = job.folder.completed_epochs()
-    if not done:
-        return 0, []
-    path = job.folder.checkpoint(done[-1])
-    payload = _read_training_state(path, job.identity)
-    ckpt.load_state_dict_strict(model, payload["state_dict"], source=str(path))
-    state = payload["training"]
-    optimizer.load_state_dict(state["optimizer"])
-    sampler.set_state(state["sampler"])
-    torch.set_rng_state(state["torch_rng"])
-    return done[-1], list(state["history"])
+@dataclass
+class _State:
+    """The objects a run trains with: the model (and its data-parallel wrapper), optimizer, sampler, history."""
+
+    model: DeviNet
+    step: TrainingStep
+    sampler: BalancedBatchSampler
+    history: list[dict[str, Any]]
+
+
+def _build(job: _Job) -> tuple[_State, int]:
+    """Model, optimizer, step and sampler, restored from the run's last checkpoint: (state, its epoch)."""
+    torch.manual_seed(job.seed)
+    model = DeviNet(job.model_config).to(job.device, dtype=amp.parameter_dtype(job.precision))
+    model.preprocessing = job.preprocessing
+    optimizer = make_optimizer(model, job.schedule.learning_rate)
+    scaler = amp.grad_scaler(job.precision, job.device.type)
+    sampler = BalancedBatchSampler(job.labels, batch_size=job.schedule.batch_size, seed=job.seed)
+    done = job.folder.completed_epochs() if job.place.is_main else []
+    start = distributed.broadcast_int(done[-1] if done else 0)
+    history: list[dict[str, Any]] = []
+    if start:
+        payload = job.folder.read_checkpoint(start, job.identity)
+        ckpt.load_state_dict_strict(model, payload["state_dict"], source=str(job.folder.checkpoint(start)))
+        state = payload["training"]
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
+        history = list(state["history"])
+    wrapped = distributed.data_parallel(model, job.device, job.sync_batchnorm)
+    return _State(model, TrainingStep(wrapped, optimizer, job.precision, scaler), sampler, history), start
 
 
 def _train_loop(job: _Job) -> TrainResult:
     from tqdm.auto import tqdm
 
     schedule = job.schedule
-    torch.manual_seed(job.seed)
-    model = DeviNet(job.model_config).to(job.device)
-    model.preprocessing = job.preprocessing
-    optimizer = make_optimizer(model, schedule.learning_rate)
-    step = TrainingStep(model, optimizer)
-    sampler = BalancedBatchSampler(job.labels, batch_size=schedule.batch_size, seed=job.seed)
-    start, history = _restore(job, model, optimizer, sampler)
-    # The log may hold a record newer than the last checkpoint (killed in between): the
-    # checkpoint's history is the truth.
-    job.folder.write_history(history)
+    state, start = _build(job)
+    if job.place.is_main:
+        # The log may hold a record newer than the last checkpoint (killed in between): the
+        # checkpoint's history is the truth.
+        job.folder.write_history(state.history)
     target = schedule.epochs if job.stop_after is None else min(schedule.epochs, max(job.stop_after, start))
-    y_all = torch.from_numpy(job.labels)
+    batches = EpochBatches()
+    loader = batch_loader(ClipBatches(job.features, job.labels, job.scaler), batches, job.workers,
+                          pin_memory=job.device.type == "cuda")
     bar = tqdm(total=schedule.epochs * schedule.iterations_per_epoch, initial=start * schedule.iterations_per_epoch,
                unit="it", desc=job.identity["name"], disable=not job.progress, dynamic_ncols=True)
     try:
         for epoch in range(start + 1, target + 1):
-            model.train()
-            began = time.perf_counter()
-            losses = []
-            for _ in range(schedule.iterations_per_epoch):
-                index = next(sampler)
-                x = torch.from_numpy(job.scaler.transform(gather(job.features, index))).to(job.device)
-                losses.append(step(x, y_all[index].to(job.device)).item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}", refresh=False)
-            record = {"epoch": epoch, "iteration": epoch * schedule.iterations_per_epoch,
-                      "loss": float(np.mean(losses)), "loss_last": losses[-1],
-                      "train_seconds": time.perf_counter() - began}
-            history.append(record | _monitor(job, model, epoch))
-            _save_checkpoint(job.folder, model, optimizer, sampler, epoch, history, job.identity)
-            job.folder.write_history(history)
-            if job.keep_checkpoints == "fused":
-                job.folder.prune(epoch, set(schedule.fused_epochs))
+            record = _train_epoch(job, state, epoch, batches, loader, bar)
+            if job.place.is_main:
+                state.history.append(record | _monitor(job, state.model, epoch))
+                _save(job, state, epoch)
+            else:
+                state.history.append(record)
     finally:
         bar.close()
-    return TrainResult(job.folder.path, schedule.epochs, len(history), history, start)
+    return TrainResult(job.folder.path, schedule.epochs, len(state.history), state.history, start,
+                       job.place.world_size)
+
+
+def _train_epoch(job: _Job, state: _State, epoch: int, batches: EpochBatches, loader, bar) -> dict[str, Any]:
+    """One epoch of this process's slices of the global batches; the metrics record (losses of the global batches)."""
+    schedule, place = job.schedule, job.place
+    state.model.train()
+    began = time.perf_counter()
+    shards = [distributed.shard(next(state.sampler), place) for _ in range(schedule.iterations_per_epoch)]
+    batches.batches = [part for part, _ in shards]
+    losses = torch.zeros(len(shards), dtype=torch.float64, device=job.device)
+    for i, ((x, y), (_, weight)) in enumerate(zip(loader, shards)):
+        loss = state.step(x.to(job.device, non_blocking=True), y.to(job.device, non_blocking=True), weight)
+        losses[i] = loss
+        bar.update(1)
+        if job.progress:
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", refresh=False)
+    # the global batch's loss is the mean over processes of their weighted losses
+    losses = (distributed.sum_over_processes(losses) / place.world_size).tolist()
+    return {"epoch": epoch, "iteration": epoch * schedule.iterations_per_epoch,
+            "loss": float(np.mean(losses)), "loss_last": losses[-1],
+            "train_seconds": time.perf_counter() - began, "world_size": place.world_size}
+
+
+def _save(job: _Job, state: _State, epoch: int) -> None:
+    """The main process's end of an epoch: checkpoint, metrics log, pruning."""
+    scaler = state.step.grad_scaler
+    job.folder.save_checkpoint(state.model, epoch, job.identity, {
+        "optimizer": state.step.optimizer.state_dict(),
+        "sampler": state.sampler.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "grad_scaler": None if scaler is None else scaler.state_dict(),
+        "history": state.history,
+    })
+    job.folder.write_history(state.history)
+    if job.keep_checkpoints == "fused":
+        job.folder.prune(epoch, set(job.schedule.fused_epochs))
 
 
 def _monitor(job: _Job, model: DeviNet, epoch: int) -> dict[str, Any]:
@@ -581,11 +516,12 @@ def _monitor(job: _Job, model: DeviNet, epoch: int) -> dict[str, Any]:
     if monitor is None:
         return {}
     began = time.perf_counter()
+    # with the model's parameters (float32 but for fp64 runs), without autocast
     clip, frame = predict(model, monitor.features, job.scaler, job.eval_batch_size, job.device)
     record = {f"{monitor.name}_at_f1": at_micro_f1(clip, monitor.labels),
               f"{monitor.name}_seconds": time.perf_counter() - began}
     if epoch in job.schedule.fused_epochs:
-        _save_predictions(job.folder.predictions(monitor.name, epoch), clip, frame, _eval_fingerprint(monitor))
+        job.folder.save_predictions(monitor.name, epoch, clip, frame, eval_fingerprint(monitor))
     return record
 
 
@@ -608,15 +544,10 @@ def fused_predictions(run_dir: str | os.PathLike, eval_set: EvalSet, scaler: Sca
     """
     folder = RunFolder(run_dir)
     schedule = run_schedule(run_dir)
-    fingerprint = _eval_fingerprint(eval_set)
+    fingerprint = eval_fingerprint(eval_set)
     clips, frames = [], []
     for epoch in schedule.fused_epochs:
-        cached = folder.predictions(eval_set.name, epoch)
-        arrays = None
-        if cached.is_file():
-            with np.load(cached, allow_pickle=False) as stored:
-                if str(stored["fingerprint"]) == fingerprint:
-                    arrays = stored["clipwise"], stored["framewise"]
+        arrays = folder.read_predictions(eval_set.name, epoch, fingerprint)
         if arrays is None:
             path = folder.checkpoint(epoch)
             if not path.is_file():

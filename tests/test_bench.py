@@ -25,7 +25,8 @@ from experiments.bench import flops, report as bench_report, timing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = ("forward_speedup_vs_keras", "train_step_speedup_vs_keras", "gru_train_ratio_vs_nngru",
-            "features_speedup_vs_reference", "forward_fraction_of_matmul_peak", "peak_train_memory_mb")
+            "features_speedup_vs_reference", "forward_fraction_of_matmul_peak", "peak_train_memory_mb",
+            "train_step_fraction_of_matmul_peak", "train_step_speedup_bf16_vs_fp32")
 
 
 @pytest.mark.slow
@@ -128,7 +129,8 @@ def test_cuda_without_cuda_is_one_clear_line(tmp_path):
 @pytest.mark.keras
 def test_quick_run_reports_every_figure(tmp_path, keras, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    # in this process (the default would run the benchmark again in a child with huge pages)
+    assert main(["bench", "--quick", "--no-huge-pages", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     for key in HEADLINE:
         value = report[key]
@@ -145,6 +147,10 @@ def test_quick_run_reports_every_figure(tmp_path, keras, capsys):
             assert 0 < rate["min"] <= rate["median"] <= rate["max"]
         assert report["train_step"][name]["speedup_vs_keras"] > 0
         assert report["train_memory"][name]["step_peak_mb"] > 0
+    train = report["train_step"].values()
+    assert report["train_step_speedup_bf16_vs_fp32"] == min(t["bf16_speedup_vs_fp32"] for t in train)
+    assert report["train_step_fraction_of_matmul_peak"] == min(t["devinet_fraction_of_matmul_peak_estimate"]
+                                                               for t in train)
     # the headline forward figures are the optimized model's, the default model's are kept beside them
     forward = report["forward"].values()
     assert report["forward_speedup_vs_keras"] == min(f["devinet_optimized_speedup_vs_keras_predict"] for f in forward)

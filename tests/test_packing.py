@@ -367,3 +367,25 @@ def test_cli_subprocess_with_worker_pool(folder, packed, tmp_path):
                             "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and again.stderr.strip() == \
         f"devinet features: error: {out}: destination exists (use --force to overwrite)"
+
+
+def test_float16_features_halve_the_file_and_read_back_as_float32(folder, packed, tmp_path, capsys):
+    """`devinet features --dtype float16`: the same log-mel rounded to float16; every reader accepts it."""
+    from devinet.cli import main
+    from experiments.trainingdata import ClipFeatures
+
+    wav_dir, meta = folder
+    out = tmp_path / "half.h5"
+    assert main(["features", "--wav-dir", str(wav_dir), "--meta", str(meta), "--out", str(out), "--dtype", "float16",
+                 "--jobs", "1", "--chunk-size", "3", "--no-progress"]) == 0
+    capsys.readouterr()
+    half, full = P.load_packed(out), packed[1]
+    assert half.features.dtype == np.float16 and half.recipe["dtype"] == "float16"
+    assert full.recipe["dtype"] == "float32" and half.names == full.names
+    np.testing.assert_array_equal(half.features, full.features.astype(np.float16))
+    scaler, reference = P.fit_scaler(out), P.fit_scaler(packed[0].path)
+    np.testing.assert_allclose(scaler.mean, reference.mean, atol=2e-3)
+    with h5py.File(out, "r") as h5:
+        clip = ClipFeatures(h5["features"])[1]
+    assert clip.dtype == np.float32
+    np.testing.assert_array_equal(clip, full.features[1].astype(np.float16).astype(np.float32))

@@ -45,6 +45,10 @@ KILLS = [
 ]
 
 
+#: torch threads of the reference run and of every child (bit-for-bit comparisons need the same)
+THREADS = 1
+
+
 def _child(connection, data_path: str, folder: str) -> None:
     """Train in a child process that reports each moment below and waits for "go" (or its SIGKILL).
 
@@ -55,6 +59,8 @@ def _child(connection, data_path: str, folder: str) -> None:
     import io
 
     from experiments import train as T
+
+    torch.set_num_threads(THREADS)  # as the reference run: float sums in the same order
 
     def pause(marker: str) -> None:
         connection.send(marker)
@@ -194,7 +200,12 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("uninterrupted") / "run"
-    assert train_here(folder).finished
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)  # whatever an earlier test left: the children use the same
+    try:
+        assert train_here(folder).finished
+    finally:
+        torch.set_num_threads(previous)
     return folder
 
 

@@ -10,7 +10,8 @@ Measured:
 - forward throughput (clips/s) of crnn_at and crnn_sed: devinet (eval, inference mode; as
   constructed, with channels-last weights, and after :meth:`DeviNet.optimize_for_inference`)
   against the Keras reference's ``predict`` and direct call;
-- one training step (forward, backward, Adam; Keras binary cross-entropy) of each;
+- one training step (forward, backward, Adam; Keras binary cross-entropy) of each, in float32
+  and under bfloat16 autocast;
 - ``Keras2GRU`` against ``torch.nn.GRU`` (bidirectional), inference and forward+backward;
 - feature extraction: the batched torch extractor against the reference numpy/scipy recipe;
 - devinet's forward GFLOP/s against a large float32 matmul on the same threads;
@@ -72,7 +73,8 @@ def planned_runs(sizes: Sizes, with_keras: bool) -> int:
     per_model = sizes.warmup + sizes.model_repeats
     # devinet, channels-last, optimized (+ keras predict, keras call)
     forward = len(MODELS) * (5 if with_keras else 3) * per_model
-    train = len(MODELS) * (2 if with_keras else 1) * (sizes.train_warmup + sizes.model_repeats)
+    # devinet, devinet bf16 (+ keras)
+    train = len(MODELS) * (3 if with_keras else 2) * (sizes.train_warmup + sizes.model_repeats)
     feature_contenders = 3 if features.original_resampler() is not None else 2
     # matmul peak, GRU (3 contenders x inference, forward+backward), forward, training, features
     return per + 6 * per + forward + train + feature_contenders * per

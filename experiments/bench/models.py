@@ -96,21 +96,36 @@ def forward(runner: Runner, sizes, name: str, with_keras: bool, peak_gflops: flo
     return result
 
 
-def _training_step(model, batch_size: int, frames: int, device: str, seed: int = 1):
-    """The training recipe's step on one random batch: a callable running forward, loss, backward, update."""
+def _training_step(model, batch_size: int, frames: int, device: str, seed: int = 1, precision: str = "fp32"):
+    """The training recipe's step on one random batch: a callable running forward, loss, backward, update
+    (``precision`` bf16: under autocast, :class:`experiments.train.TrainingStep`)."""
     import torch
 
+    from experiments.precision import grad_scaler
     from experiments.train import TrainingStep, make_optimizer
 
     x, y = _batch(batch_size, frames, seed)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    step = TrainingStep(model.train(), make_optimizer(model, 1e-3))
+    step = TrainingStep(model.train(), make_optimizer(model, 1e-3), precision,
+                        grad_scaler(precision, torch.device(device).type))
     return lambda: step(xt, yt)
 
 
+def bf16_trainable(device: str) -> bool:
+    """Whether ``device`` trains in bfloat16 autocast (on CPUs: emulated where not native)."""
+    import torch
+
+    return device != "cuda" or torch.cuda.is_bf16_supported()
+
+
 def train_step(runner: Runner, sizes, name: str, with_keras: bool, peak_gflops: float) -> dict[str, Any]:
+    import copy
+
     model, _, keras_model = _build(name, sizes, runner.device, with_keras, with_variants=False)
     contenders = {"devinet": _training_step(model, sizes.batch, sizes.frames, runner.device)}
+    if bf16_trainable(runner.device):
+        contenders["devinet_bf16"] = _training_step(copy.deepcopy(model), sizes.batch, sizes.frames, runner.device,
+                                                    precision="bf16")
     if keras_model is not None:
         from keras_reference import compile_original
 
@@ -133,6 +148,11 @@ def train_step(runner: Runner, sizes, name: str, with_keras: bool, peak_gflops: 
     if keras_model is not None:
         result["speedup_vs_keras"] = timings["keras"].median_s / timings["devinet"].median_s
         result["speedup_vs_keras_cpu_time"] = timings["keras"].cpu_median_s / timings["devinet"].cpu_median_s
+    if "devinet_bf16" in timings:
+        result["bf16_speedup_vs_fp32"] = timings["devinet"].median_s / timings["devinet_bf16"].median_s
+        from experiments.precision import native_cpu_bf16
+
+        result["bf16_native_on_cpu"] = native_cpu_bf16()
     return result
 
 

@@ -18,9 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retain-freed-memory", action="store_true",
                         help="keep freed C-heap memory mapped for reuse, for the whole run "
                              "(experiments.runtime.retain_freed_memory: faster CPU training steps, more resident memory)")
-    parser.add_argument("--huge-pages", action="store_true",
-                        help="run with glibc's malloc asking for transparent huge pages (GLIBC_TUNABLES="
-                             "glibc.malloc.hugetlb=1, for both frameworks): far fewer page faults, no memory cost")
+    allocator = parser.add_mutually_exclusive_group()
+    allocator.add_argument("--huge-pages", dest="huge_pages", action="store_true", default=None,
+                           help="require glibc's malloc asking for transparent huge pages (GLIBC_TUNABLES="
+                                "glibc.malloc.hugetlb=1, for both frameworks): far fewer page faults, no memory "
+                                "cost; the default where available")
+    allocator.add_argument("--no-huge-pages", dest="huge_pages", action="store_false", default=None,
+                           help="glibc's default allocator (what the figures were before huge pages became the default)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
 
@@ -29,11 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     from devinet._io import check_destination
     from devinet.errors import ConfigError, DevinetError, MissingDependencyError
-    from experiments.runtime import relaunch_with_huge_pages
+    from experiments.runtime import huge_pages_by_default
     from experiments.workers import usable_cores
 
-    if args.huge_pages and (code := relaunch_with_huge_pages(args.argv)) is not None:
-        return code
     destination = check_destination(args.json, args.force)
     threads = args.threads if args.threads is not None else usable_cores()
     if threads < 1:
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DevinetError("--device cuda: CUDA is not available here (torch.cuda.is_available() is False; "
                            f"torch {torch.__version__} built with CUDA {torch.version.cuda}); use --device cpu")
+    if (code := huge_pages_by_default(args.argv, args.huge_pages)) is not None:  # after the argument checks
+        return code
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf

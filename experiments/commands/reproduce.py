@@ -48,9 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of the evaluation-set wavs (with --data-root; default: found under it as "
                              "audio/evaluation, evaluation or evaluation_set_formatted_audio_segments; without "
                              "one, only the testing split is scored)")
-    parser.add_argument("--huge-pages", action="store_true",
-                        help="run with glibc's malloc asking for transparent huge pages (GLIBC_TUNABLES="
-                             "glibc.malloc.hugetlb=1): faster CPU training (fewer page faults), same results")
+    allocator = parser.add_mutually_exclusive_group()
+    allocator.add_argument("--huge-pages", dest="huge_pages", action="store_true", default=None,
+                           help="require glibc's malloc with transparent huge pages (GLIBC_TUNABLES="
+                                "glibc.malloc.hugetlb=1: fewer page faults, same results); the default where available")
+    allocator.add_argument("--no-huge-pages", dest="huge_pages", action="store_false", default=None,
+                           help="glibc's default allocator (slower CPU training: page faults of freed activations)")
     parser.add_argument("--out", metavar="DIR", required=True,
                         help="results folder (results.json, results.md, figures/)")
     parser.add_argument("--work-dir", metavar="DIR", default=None,
@@ -67,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=None,
                         help="processes for data generation and features (default: all cores)")
     parser.add_argument("--device", default="cpu", help="torch device for training and prediction (default cpu)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64"), default="fp32",
+                        help="training precision: fp32 (default, the reference), autocast bf16 / fp16, or fp64 "
+                             "(slow: for parity checks); other than fp32 in its own folder, <size>-seed<seed>-<precision>")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="data-parallel training processes (torch's elastic launcher; gloo on CPU, NCCL on "
+                             "GPU): the same results as one process up to float32 rounding (default 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for training and prediction (default: the size's torch_threads, "
                              "1 for tiny and quick; else torch's choice, one per core)")
@@ -82,11 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from devinet.cli import command_line
     from experiments.pipeline import Options, reproduce
-    from experiments.runtime import relaunch_with_huge_pages
+    from experiments.runtime import huge_pages_by_default
 
-    if args.huge_pages and (code := relaunch_with_huge_pages(args.argv)) is not None:
-        return code
     options = Options.from_args(args, command=command_line(args))
+    if (code := huge_pages_by_default(args.argv, args.huge_pages)) is not None:
+        return code
     results = reproduce(options)
     seeds = results["seeds"]
     print(f"results: {os.path.join(options.out, 'results.md')} (seeds {', '.join(map(str, seeds))}"
