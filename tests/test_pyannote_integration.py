@@ -34,7 +34,7 @@ from devinet.errors import ConfigError, FileFormatError, InputError, MissingDepe
 from devinet.features import HOP, N_FFT, SAMPLE_RATE, LogMel
 from devinet.features import num_frames as mel_num_frames
 from devinet.integrations.geometry import WaveformGeometry
-from devinet.integrations.legacy_config import read_legacy_config, read_legacy_params
+from devinet.integrations.legacy_config import SEED_CONFIG, read_legacy_config, read_legacy_params
 from devinet.model import DeviNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -227,26 +227,67 @@ def test_reads_architecture_section(tmp_path):
     assert DeviNet(config).embedding_size == 32
 
 
-def test_absent_or_null_params_take_the_documented_defaults(tmp_path):
-    assert read_legacy_params(write(tmp_path, "architecture:\n  name: pyannote.models.DeviNet\n")) == PYANNOTE_KEYS
+def test_seed_config_is_the_readme_sample_with_one_group_per_pooling():
+    """SEED_CONFIG (DeviNetSegmentation's defaults) is the README's block, conv_blocks 3 -> 4."""
+    import yaml
+
+    readme_params = yaml.safe_load(README_YML)["feature_extraction"]["params"]
+    assert SEED_CONFIG == {**readme_params, "conv_blocks": 4}
+    assert set(SEED_CONFIG) == set(PYANNOTE_KEYS)
+    config = pyannote_devinet(**SEED_CONFIG)
+    assert (config.dropout, config.linear_layers, config.conv_channels, config.rnn_hidden) == (0.3, (32, 32), 128, (128,))
+    assert config.conv_groups == (2, 2, 2, 2) and config.gated_rnn and config.time_stride == 1
+
+
+def test_absent_or_null_params_take_the_seed_config(tmp_path):
+    assert read_legacy_params(write(tmp_path, "architecture:\n  name: pyannote.models.DeviNet\n")) == SEED_CONFIG
     path = write(tmp_path, "architecture:\n  name: DeviNet\n  params:\n    recurrent:\n    dropout: 0.1\n")
-    assert read_legacy_params(path) == {**PYANNOTE_KEYS, "dropout": 0.1}
+    assert read_legacy_params(path) == {**SEED_CONFIG, "dropout": 0.1}
 
 
-def test_readme_placement_is_explained(tmp_path):
-    path = write(tmp_path, README_YML)
+def test_readme_placement_is_read_with_a_one_line_notice(tmp_path, caplog):
+    """The README's block under feature_extraction:, with conv_blocks 4, loads; one notice says where it was."""
+    path = write(tmp_path, README_YML.replace("conv_blocks: 3", "conv_blocks: 4"))
+    with caplog.at_level("WARNING", logger="devinet.integrations.legacy_config"):
+        params = read_legacy_params(path)
+    assert params == SEED_CONFIG
+    assert read_legacy_config(path, num_classes=4) == pyannote_devinet(num_classes=4, **SEED_CONFIG)
+    notices = [record.getMessage() for record in caplog.records]
+    assert len(notices) == 2  # one per read
+    assert notices[0].startswith(f"{path}: ") and "'feature_extraction:'" in notices[0]
+    assert "\n" not in notices[0]
+
+
+def test_readme_placement_notice_reaches_stderr_as_one_line(tmp_path):
+    """Without any logging set up (a plain script), the notice is one line on stderr."""
+    path = write(tmp_path, README_YML.replace("conv_blocks: 3", "conv_blocks: 4"))
+    code = ("import sys; from devinet.integrations.legacy_config import read_legacy_params; "
+            "read_legacy_params(sys.argv[1])")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: DeviNet's parameters read from 'feature_extraction:'")
+
+
+@pytest.mark.parametrize("placement", ["feature_extraction:", "architecture:"])
+def test_old_sample_pooling_mismatch_is_refused_in_one_line(tmp_path, caplog, placement):
+    """The README's sample verbatim (three conv_blocks, four poolings) is refused wherever it sits."""
+    path = write(tmp_path, README_YML.replace("feature_extraction:", placement))
     with pytest.raises(ConfigError) as info:
-        read_legacy_params(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}: ")
-    assert "'feature_extraction:'" in message and "move this block" in message and "'architecture:'" in message
-    assert "\n" not in message
-
-
-def test_old_sample_pooling_mismatch_is_reported_with_the_file(tmp_path):
-    path = write(tmp_path, README_YML.replace("feature_extraction:", "architecture:"))
-    with pytest.raises(ConfigError, match=r"conv_blocks=3 but layers_pooling has 4 values") as info:
         read_legacy_config(path)
+    assert str(info.value) == (f"{path}: conv_blocks=3 but layers_pooling has 4 values [2, 2, 2, 2]: "
+                               "give one pooling per block group (e.g. conv_blocks: 4)")
+    assert not caplog.records  # no placement notice for a refused file
+
+
+def test_two_model_blocks_are_refused(tmp_path):
+    text = README_YML.replace("conv_blocks: 3", "conv_blocks: 4") + "architecture:\n  name: pyannote.models.DeviNet\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"'feature_extraction:' names DeviNet and 'architecture:' names "
+                                          r"'pyannote.models.DeviNet': keep one model block") as info:
+        read_legacy_params(path)
     assert str(info.value).startswith(f"{path}: ")
 
 
@@ -277,6 +318,9 @@ def test_bad_parameters_name_the_file(tmp_path, params, pattern):
         ("task:\n  name: SpeechActivityDetection\n", r"no 'architecture:' section"),
         ("architecture:\n  name: pyannote.audio.models.PyanNet\n",
          r"architecture name 'pyannote.audio.models.PyanNet' is not DeviNet"),
+        ("feature_extraction:\n  name: RawAudio\n", r"no 'architecture:' section"),
+        ("feature_extraction:\n  name: DeviNet\n  parms: {}\n", r"unknown keys in 'feature_extraction:': parms"),
+        ("feature_extraction:\n  name: DeviNet\n  params: [1]\n", r"'feature_extraction: params:' must be a mapping"),
         ("architecture:\n  name: DeviNet\n  parms: {}\n", r"unknown keys in 'architecture:': parms"),
         ("architecture: DeviNet\n", r"'architecture:' must be a mapping"),
         ("architecture:\n  name: DeviNet\n  params: [1, 2]\n", r"'architecture: params:' must be a mapping"),
@@ -344,7 +388,9 @@ def _check_guard_error(error: BaseException) -> str:
     assert isinstance(error, MissingDependencyError) and isinstance(error, ImportError)
     message = str(error)
     assert "\n" not in message
-    assert "pip install 'devinet[pyannote]'" in message
+    assert "from a devinet clone (devinet is not on PyPI): bash scripts/install_pyannote_cpu.sh" in message
+    assert "pip install torch==2.13.0 -e '.[pyannote]'" in message
+    assert "'devinet[pyannote]'" not in message
     assert "pyannote.audio>=4.0.4,<5" in message
     return message
 
@@ -600,7 +646,25 @@ def test_geometry_methods_and_legacy_constructor(pa, tmp_path):
     with pytest.raises(ConfigError, match="layers_pooling has 4 values"):
         pa.module.DeviNetSegmentation(conv_blocks=3)
     assert math.isclose(model.receptive_field_center(0) - (model.receptive_field_size(1) - 1) / 2, 0.0)
-    # Defaults are resolved before they are saved: a checkpoint does not depend on them.
+    # The defaults are the seed's configuration, resolved before they are saved: a checkpoint
+    # does not depend on them.
     default = pa.module.DeviNetSegmentation()
-    assert {key: default.hparams[key] for key in PYANNOTE_KEYS} == PYANNOTE_KEYS
-    assert default.devinet_config == pyannote_devinet()
+    assert {key: default.hparams[key] for key in SEED_CONFIG} == SEED_CONFIG
+    assert default.devinet_config == pyannote_devinet(**SEED_CONFIG)
+    assert default.devinet_config.dropout == 0.3 and default.devinet_config.linear_layers == (32, 32)
+
+
+@pytest.mark.pyannote
+def test_seed_readme_config_builds_the_model_without_a_task(pa, tmp_path):
+    """The old port's README block (under feature_extraction:, conv_blocks 4) builds the seed model;
+    the README's verbatim sample (conv_blocks 3, four poolings) is refused with one line."""
+    path = write(tmp_path, README_YML.replace("conv_blocks: 3", "conv_blocks: 4"))
+    model = pa.module.DeviNetSegmentation.from_legacy_config(path)
+    assert {key: model.hparams[key] for key in SEED_CONFIG} == SEED_CONFIG
+    assert model.devinet_config == pa.module.DeviNetSegmentation().devinet_config
+    assert len(model.backbone.gcnn) == 8 and model.backbone.embedding_size == 32
+    verbatim = write(tmp_path, README_YML, name="readme_sample.yml")
+    with pytest.raises(ConfigError) as info:
+        pa.module.DeviNetSegmentation.from_legacy_config(verbatim)
+    assert str(info.value).startswith(f"{verbatim}: conv_blocks=3 but layers_pooling has 4 values")
+    assert "\n" not in str(info.value)

@@ -13,12 +13,15 @@ resolution::
       -> activation (sigmoid for detection)
 
 The backbone is the corrected model of the older pyannote port, configured with that port's
-keys (:data:`devinet.config.PYANNOTE_KEYS`); :meth:`DeviNetSegmentation.from_legacy_config`
-reads them from its config.yml. The checkpoint records this module's path
-(``devinet.integrations.pyannote``) and class name: keep both stable.
+keys; the defaults are its README's configuration
+(:data:`devinet.integrations.legacy_config.SEED_CONFIG`), and
+:meth:`DeviNetSegmentation.from_legacy_config` reads them from its config.yml. The checkpoint
+records this module's path (``devinet.integrations.pyannote``) and class name: keep both stable.
 
 Importing this module needs a working pyannote.audio (>=4.0.4,<5); without one it raises
-:class:`PyannoteImportError` (an ``ImportError``) with the install hint and the cause.
+:class:`PyannoteImportError` (an ``ImportError``) with the install hint and the cause. devinet
+is not on PyPI: from a clone, ``bash scripts/install_pyannote_cpu.sh`` sets up a working
+environment on a CPU-only machine (docs/pyannote.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from ..errors import ConfigError, InputError, MissingDependencyError
 
 #: the pyannote.audio releases this module is written for (the ``pyannote`` extra pins the same range)
 PYANNOTE_REQUIREMENT = ">=4.0.4,<5"
+#: how to install it: devinet is installed from a clone (it is not on PyPI)
+INSTALL_HINT = ("install it from a devinet clone (devinet is not on PyPI): bash scripts/install_pyannote_cpu.sh "
+                "on a CPU-only machine, else pip install torch==2.13.0 -e '.[pyannote]'")
 _MIN_VERSION = (4, 0, 4)
 _MAX_MAJOR = 4
 
@@ -40,13 +46,12 @@ class PyannoteImportError(MissingDependencyError):
 
     def __init__(self, problem: str, cpu_hint: bool = False):
         message = (
-            f"devinet.integrations.pyannote needs pyannote.audio{PYANNOTE_REQUIREMENT}, {problem}; "
-            "install it with: pip install 'devinet[pyannote]'"
+            f"devinet.integrations.pyannote needs pyannote.audio{PYANNOTE_REQUIREMENT}, {problem}; {INSTALL_HINT}"
         )
         if cpu_hint:
             message += (
                 " (torchaudio and torchcodec from PyPI are CUDA builds that do not load beside a CPU-only "
-                "torch: see 'pyannote.audio on a CPU-only machine' in the devinet README)"
+                "torch; the script handles both: see docs/pyannote.md)"
             )
         # MissingDependencyError words its message for a missing package; this one says more,
         # so skip its __init__ and go on up the chain (to ImportError's).
@@ -91,11 +96,11 @@ Model = _import_pyannote_model()
 import torch  # noqa: E402  (after the guard: its message must come first)
 from torch import nn  # noqa: E402
 
-from ..config import PYANNOTE_KEYS, pyannote_devinet  # noqa: E402
+from ..config import pyannote_devinet  # noqa: E402
 from ..features import HOP, N_FFT, N_MELS, SAMPLE_RATE, LogMel  # noqa: E402
 from ..model import DeviNet  # noqa: E402
 from .geometry import WaveformGeometry  # noqa: E402
-from .legacy_config import read_legacy_params  # noqa: E402
+from .legacy_config import SEED_CONFIG, read_legacy_params  # noqa: E402
 
 if TYPE_CHECKING:
     from pyannote.audio.core.task import Task
@@ -104,7 +109,10 @@ if TYPE_CHECKING:
 class DeviNetSegmentation(Model):
     """DeviNet on 16-kHz waveforms, with a head built from the task's specifications.
 
-    Parameters are the older pyannote port's keys (defaults: :data:`devinet.config.PYANNOTE_KEYS`):
+    Parameters are the older pyannote port's keys; left out (or None), each takes the value of
+    the old port's README configuration (:data:`~devinet.integrations.legacy_config.SEED_CONFIG`:
+    4 groups of 128 channels pooling mel by [2, 2, 2, 2] then 4, dropout 0.3, one gated BiGRU of
+    128, dense layers [32, 32]):
 
     Args:
         conv_blocks: pooled groups of two gated conv blocks.
@@ -149,7 +157,7 @@ class DeviNetSegmentation(Model):
         given = dict(conv_blocks=conv_blocks, conv_channels=conv_channels, layers_pooling=layers_pooling,
                      final_pooling=final_pooling, dropout=dropout, recurrent=recurrent, gated_rnn=gated_rnn,
                      linear_layers=linear_layers)
-        resolved = {key: PYANNOTE_KEYS[key] if value is None else value for key, value in given.items()}
+        resolved = {key: SEED_CONFIG[key] if value is None else value for key, value in given.items()}
         self.devinet_config = pyannote_devinet(num_classes=1, n_mels=N_MELS, head="mean", **resolved)
         # Lightning saves the resolved values (read from this frame's locals) so that a
         # checkpoint rebuilds the same backbone even if the defaults change.
@@ -169,8 +177,13 @@ class DeviNetSegmentation(Model):
 
     @classmethod
     def from_legacy_config(cls, path: str | os.PathLike, **kwargs: Any) -> "DeviNetSegmentation":
-        """Build from the older port's config.yml (its ``architecture: params:``); ``kwargs`` go to
-        the constructor (``task=...``)."""
+        """Build from the older port's config.yml; ``kwargs`` go to the constructor (e.g. ``task=...``;
+        no task is needed to build the model).
+
+        Reads the DeviNet block under ``architecture:`` or, as the old port's README placed it,
+        under ``feature_extraction:`` (with a one-line notice); see
+        :func:`devinet.integrations.legacy_config.read_legacy_params`.
+        """
         return cls(**read_legacy_params(path), **kwargs)
 
     # ------------------------------------------------------------------ task-dependent head
