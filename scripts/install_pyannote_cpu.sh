@@ -31,10 +31,9 @@ FFMPEG_LIBS=(avutil avcodec avformat avdevice avfilter swscale swresample)
 log() { printf 'install_pyannote_cpu: %s\n' "$*"; }
 die() { printf 'install_pyannote_cpu: error: %s\n' "$*" >&2; exit 1; }
 
-if [[ $# -gt 1 || ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,4p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-    exit $(( $# > 1 ))
-fi
+usage() { sed -n '2,4p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then usage; exit 0; fi
+if [[ $# -gt 1 || ${1:-} == -* ]]; then usage >&2; exit 1; fi
 
 has_shared_lib() {
     local ldconfig

@@ -26,6 +26,7 @@ environment on a CPU-only machine (docs/pyannote.md).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,12 @@ if TYPE_CHECKING:
     from pyannote.audio.core.task import Task
 
 
+def _check_momentum(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"bn_momentum must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 class DeviNetSegmentation(Model):
     """DeviNet on 16-kHz waveforms, with a head built from the task's specifications.
 
@@ -124,6 +131,10 @@ class DeviNetSegmentation(Model):
         recurrent: hidden sizes of the stacked bidirectional GRUs.
         gated_rnn: CVSSP's gated BiGRU pair (linear x sigmoid), or one tanh BiGRU.
         linear_layers: sizes of tanh dense layers after the GRUs.
+        bn_momentum: PyTorch momentum of the backbone's BatchNorm statistics (default: Keras's
+            0.01, as in every devinet model). Inference and pyannote's validation use these
+            running statistics; at 0.01 they take several hundred steps to forget their initial
+            values, so pass 0.1 (PyTorch's default, the old port's) for short trainings.
         sample_rate: must be 16000 (the log-mel recipe's rate; pyannote resamples files to it).
         num_channels: must be 1 (pyannote downmixes to mono).
         task: the pyannote task.
@@ -144,6 +155,7 @@ class DeviNetSegmentation(Model):
         recurrent: list[int] | None = None,
         gated_rnn: bool | None = None,
         linear_layers: list[int] | None = None,
+        bn_momentum: float | None = None,
         sample_rate: int = SAMPLE_RATE,
         num_channels: int = 1,
         task: "Task | None" = None,
@@ -158,13 +170,15 @@ class DeviNetSegmentation(Model):
                      final_pooling=final_pooling, dropout=dropout, recurrent=recurrent, gated_rnn=gated_rnn,
                      linear_layers=linear_layers)
         resolved = {key: SEED_CONFIG[key] if value is None else value for key, value in given.items()}
-        self.devinet_config = pyannote_devinet(num_classes=1, n_mels=N_MELS, head="mean", **resolved)
+        config = pyannote_devinet(num_classes=1, n_mels=N_MELS, head="mean", **resolved)
+        bn_momentum = config.bn_momentum if bn_momentum is None else _check_momentum(bn_momentum)
+        self.devinet_config = dataclasses.replace(config, bn_momentum=bn_momentum)
         # Lightning saves the resolved values (read from this frame's locals) so that a
         # checkpoint rebuilds the same backbone even if the defaults change.
         (conv_blocks, conv_channels, layers_pooling, final_pooling, dropout, recurrent, gated_rnn,
          linear_layers) = resolved.values()
         self.save_hyperparameters("conv_blocks", "conv_channels", "layers_pooling", "final_pooling", "dropout",
-                                  "recurrent", "gated_rnn", "linear_layers")
+                                  "recurrent", "gated_rnn", "linear_layers", "bn_momentum")
         self.geometry = WaveformGeometry(self.devinet_config, window=N_FFT, hop=HOP, sample_rate=SAMPLE_RATE)
 
         self.logmel = LogMel()
