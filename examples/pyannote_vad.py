@@ -133,7 +133,7 @@ class SynthesisedFile:
 
 
 def synthesise_file(rng: np.random.Generator, uri: str, subset: str, audio_dir: Path) -> SynthesisedFile:
-    """One 30-s file: background noise, then alternating utterances and distractors with gaps."""
+    """One 30-s file: background noise, then utterances (55 %) and distractors in random order, 0.3-1.5 s apart."""
     from scipy.io import wavfile
 
     signal = 10 ** rng.uniform(-3.0, -2.0) * rng.standard_normal(int(FILE_SECONDS * SAMPLE_RATE))
