@@ -257,7 +257,10 @@ def train(args: argparse.Namespace, protocol):
     print(f"model: {type(model).__name__}, {parameters} parameters, {trainer.global_step} steps, "
           f"{np.median(steps):.2f} s per step (median, batch {BATCH_SIZE} x {CHUNK_SECONDS:.0f} s)")
     if args.save:
-        trainer.save_checkpoint(args.save)
+        from devinet._io import atomic_path
+
+        with atomic_path(args.save) as partial:  # no half-written checkpoint if interrupted
+            trainer.save_checkpoint(partial)
         print(f"checkpoint: {args.save}")
     return model
 
@@ -299,6 +302,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        import devinet.integrations.pyannote  # noqa: F401  (one line saying why pyannote.audio is unusable)
+    except ImportError as exc:
+        fail(str(exc))
     if shutil.which("espeak-ng") is None:
         fail("espeak-ng not found: run bash scripts/install_pyannote_cpu.sh (it installs espeak-ng)")
     if args.fine_tune is not None and not args.fine_tune.is_file():

@@ -706,7 +706,6 @@ def test_bn_momentum_defaults_to_keras_and_is_checked(pa):
 
 
 @pytest.mark.pyannote
-@pytest.mark.slow
 def test_resuming_with_ckpt_path_under_pyannote_safe_globals(pa, protocol_files, tmp_path):
     """docs/pyannote.md's workaround: Trainer.fit(ckpt_path=...) loads a DeviNet checkpoint with
     weights_only=True once pyannote's Specifications, Problem and Resolution are allowed."""
