@@ -7,9 +7,10 @@ With pyannote.audio 4 (opt-in, marker ``pyannote``): DeviNetSegmentation trained
 steps on VoiceActivityDetection and MultiLabelSegmentation over a small protocol made here,
 saved, reloaded with ``Model.from_pretrained`` and run through ``Inference``. Run them with
 
-    DEVINET_TEST_PYANNOTE=1 /work/venv-pyannote/bin/python -m pytest tests/test_pyannote_integration.py -m pyannote
+    bash scripts/install_pyannote_cpu.sh        # the environment, at .venv-pyannote (docs/pyannote.md)
+    DEVINET_TEST_PYANNOTE=1 .venv-pyannote/bin/python -m pytest tests/test_pyannote_integration.py
 
-(setting up such an environment: docs/pyannote.md). Telemetry is switched off for them.
+Telemetry is switched off for them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from devinet.errors import ConfigError, FileFormatError, InputError, MissingDepe
 from devinet.features import HOP, N_FFT, SAMPLE_RATE, LogMel
 from devinet.features import num_frames as mel_num_frames
 from devinet.integrations.geometry import WaveformGeometry
-from devinet.integrations.legacy_config import read_legacy_config, read_legacy_params
+from devinet.integrations.legacy_config import SEED_CONFIG, read_legacy_config, read_legacy_params
 from devinet.model import DeviNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -228,26 +229,68 @@ def test_reads_architecture_section(tmp_path):
     assert DeviNet(config).embedding_size == 32
 
 
-def test_absent_or_null_params_take_the_documented_defaults(tmp_path):
-    assert read_legacy_params(write(tmp_path, "architecture:\n  name: pyannote.models.DeviNet\n")) == PYANNOTE_KEYS
+def test_seed_config_is_the_readme_sample_with_one_group_per_pooling():
+    """SEED_CONFIG (DeviNetSegmentation's defaults) is the README's block, conv_blocks 3 -> 4."""
+    import yaml
+
+    readme_params = yaml.safe_load(README_YML)["feature_extraction"]["params"]
+    assert SEED_CONFIG == {**readme_params, "conv_blocks": 4}
+    assert set(SEED_CONFIG) == set(PYANNOTE_KEYS)
+    config = pyannote_devinet(**SEED_CONFIG)
+    assert (config.dropout, config.linear_layers) == (0.3, (32, 32))
+    assert (config.conv_channels, config.rnn_hidden) == (128, (128,))
+    assert config.conv_groups == (2, 2, 2, 2) and config.gated_rnn and config.time_stride == 1
+
+
+def test_absent_or_null_params_take_the_seed_config(tmp_path):
+    assert read_legacy_params(write(tmp_path, "architecture:\n  name: pyannote.models.DeviNet\n")) == SEED_CONFIG
     path = write(tmp_path, "architecture:\n  name: DeviNet\n  params:\n    recurrent:\n    dropout: 0.1\n")
-    assert read_legacy_params(path) == {**PYANNOTE_KEYS, "dropout": 0.1}
+    assert read_legacy_params(path) == {**SEED_CONFIG, "dropout": 0.1}
 
 
-def test_readme_placement_is_explained(tmp_path):
-    path = write(tmp_path, README_YML)
+def test_readme_placement_is_read_with_a_one_line_notice(tmp_path, caplog):
+    """The README's block under feature_extraction:, with conv_blocks 4, loads; one notice says where it was."""
+    path = write(tmp_path, README_YML.replace("conv_blocks: 3", "conv_blocks: 4"))
+    with caplog.at_level("WARNING", logger="devinet.integrations.legacy_config"):
+        params = read_legacy_params(path)
+    assert params == SEED_CONFIG
+    assert read_legacy_config(path, num_classes=4) == pyannote_devinet(num_classes=4, **SEED_CONFIG)
+    notices = [record.getMessage() for record in caplog.records]
+    assert len(notices) == 2  # one per read
+    assert notices[0].startswith(f"{path}: ") and "'feature_extraction:'" in notices[0]
+    assert "\n" not in notices[0]
+
+
+def test_readme_placement_notice_reaches_stderr_as_one_line(tmp_path):
+    """Without any logging set up (a plain script), the notice is one line on stderr."""
+    path = write(tmp_path, README_YML.replace("conv_blocks: 3", "conv_blocks: 4"))
+    code = ("import sys; from devinet.integrations.legacy_config import read_legacy_params; "
+            "read_legacy_params(sys.argv[1])")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: DeviNet's parameters read from 'feature_extraction:'")
+
+
+@pytest.mark.parametrize("placement", ["feature_extraction:", "architecture:"])
+def test_old_sample_pooling_mismatch_is_refused_in_one_line(tmp_path, caplog, placement):
+    """The README's sample verbatim (three conv_blocks, four poolings) is refused wherever it sits."""
+    path = write(tmp_path, README_YML.replace("feature_extraction:", placement))
     with pytest.raises(ConfigError) as info:
-        read_legacy_params(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}: ")
-    assert "'feature_extraction:'" in message and "move this block" in message and "'architecture:'" in message
-    assert "\n" not in message
-
-
-def test_old_sample_pooling_mismatch_is_reported_with_the_file(tmp_path):
-    path = write(tmp_path, README_YML.replace("feature_extraction:", "architecture:"))
-    with pytest.raises(ConfigError, match=r"conv_blocks=3 but layers_pooling has 4 values") as info:
         read_legacy_config(path)
+    assert str(info.value) == (f"{path}: conv_blocks=3 but layers_pooling has 4 values [2, 2, 2, 2]: "
+                               "give one pooling per block group (e.g. conv_blocks: 4)")
+    assert not caplog.records  # no placement notice for a refused file
+
+
+def test_two_model_blocks_are_refused(tmp_path):
+    text = README_YML.replace("conv_blocks: 3", "conv_blocks: 4") + "architecture:\n  name: pyannote.models.DeviNet\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"'feature_extraction:' names DeviNet and 'architecture:' names "
+                                          r"'pyannote.models.DeviNet': keep one model block") as info:
+        read_legacy_params(path)
     assert str(info.value).startswith(f"{path}: ")
 
 
@@ -278,6 +321,9 @@ def test_bad_parameters_name_the_file(tmp_path, params, pattern):
         ("task:\n  name: SpeechActivityDetection\n", r"no 'architecture:' section"),
         ("architecture:\n  name: pyannote.audio.models.PyanNet\n",
          r"architecture name 'pyannote.audio.models.PyanNet' is not DeviNet"),
+        ("feature_extraction:\n  name: RawAudio\n", r"no 'architecture:' section"),
+        ("feature_extraction:\n  name: DeviNet\n  parms: {}\n", r"unknown keys in 'feature_extraction:': parms"),
+        ("feature_extraction:\n  name: DeviNet\n  params: [1]\n", r"'feature_extraction: params:' must be a mapping"),
         ("architecture:\n  name: DeviNet\n  parms: {}\n", r"unknown keys in 'architecture:': parms"),
         ("architecture: DeviNet\n", r"'architecture:' must be a mapping"),
         ("architecture:\n  name: DeviNet\n  params: [1, 2]\n", r"'architecture: params:' must be a mapping"),
@@ -345,7 +391,9 @@ def _check_guard_error(error: BaseException) -> str:
     assert isinstance(error, MissingDependencyError) and isinstance(error, ImportError)
     message = str(error)
     assert "\n" not in message
-    assert "pip install 'devinet[pyannote]'" in message
+    assert "from a devinet clone (devinet is not on PyPI): bash scripts/install_pyannote_cpu.sh" in message
+    assert "pip install torch==2.13.0 -e '.[pyannote]'" in message
+    assert "'devinet[pyannote]'" not in message
     assert "pyannote.audio>=4.0.4,<5" in message
     return message
 
@@ -389,6 +437,23 @@ def test_integration_helpers_import_no_toolkit():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The install script (its full run is too long for a test: docs/pyannote.md gives the measured one)
+
+INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install_pyannote_cpu.sh"
+
+
+def test_install_script_usage_and_extra_pin():
+    result = subprocess.run(["bash", str(INSTALL_SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("Install devinet with pyannote.audio 4")
+    assert "bash scripts/install_pyannote_cpu.sh [VENV_DIR]" in result.stdout
+    result = subprocess.run(["bash", str(INSTALL_SCRIPT), "one", "two"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "[VENV_DIR]" in result.stderr and not result.stdout
+    # the decoder pin the script relies on (0.14 and later link CUDA libraries)
+    extra = (REPO_ROOT / "setup.cfg").read_text().split("\npyannote =\n", 1)[1].split("\n# ", 1)[0]
+    assert "torchcodec==0.13.0" in extra.split()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,10 +562,14 @@ def _protocol(files, labels: tuple[str, ...]):
     return InMemoryProtocol()
 
 
-def _train(pa, task, tmp_path: Path, steps: int = 4):
+def _small_model(pa, task, **keys):
+    return pa.module.DeviNetSegmentation(conv_blocks=2, conv_channels=8, layers_pooling=[[2, 4], [1, 4]],
+                                         final_pooling=4, recurrent=[16], linear_layers=[8], task=task, **keys)
+
+
+def _train(pa, task, tmp_path: Path, steps: int = 4, **keys):
     torch.manual_seed(0)
-    model = pa.module.DeviNetSegmentation(conv_blocks=2, conv_channels=8, layers_pooling=[[2, 4], [1, 4]],
-                                          final_pooling=4, recurrent=[16], linear_layers=[8], task=task)
+    model = _small_model(pa, task, **keys)
     trainer = pa.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
                          num_sanity_val_steps=0, default_root_dir=tmp_path)
@@ -539,6 +608,7 @@ def _check_saved_model_and_inference(pa, model, trainer, tmp_path: Path, classes
     assert type(loaded).__module__ == GUARDED and type(loaded).__name__ == "DeviNetSegmentation"
     assert list(loaded.specifications.classes) == classes
     assert dict(loaded.hparams)["layers_pooling"] == [[2, 4], [1, 4]]
+    assert loaded.devinet_config == model.devinet_config
 
     # Same weights and statistics: identical scores; output length is num_frames(samples).
     model.eval()
@@ -570,8 +640,9 @@ def _check_saved_model_and_inference(pa, model, trainer, tmp_path: Path, classes
 def test_voice_activity_detection_trains_saves_and_infers(pa, protocol_files, tmp_path):
     task = pa.VoiceActivityDetection(_protocol(protocol_files, ("speech",)), duration=CHUNK, batch_size=4,
                                      num_workers=0, cache=tmp_path / "vad.cache")
-    model, trainer = _train(pa, task, tmp_path)
+    model, trainer = _train(pa, task, tmp_path, bn_momentum=0.1)
     assert model.dimension == 1 and isinstance(model.activation, torch.nn.Sigmoid)
+    assert {m.momentum for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
     _check_targets_align_with_frames(task, model, protocol_files, ["speech"], start=0.0)
     _check_saved_model_and_inference(pa, model, trainer, tmp_path, ["speech"], protocol_files[-1][2])
 
@@ -601,7 +672,59 @@ def test_geometry_methods_and_legacy_constructor(pa, tmp_path):
     with pytest.raises(ConfigError, match="layers_pooling has 4 values"):
         pa.module.DeviNetSegmentation(conv_blocks=3)
     assert math.isclose(model.receptive_field_center(0) - (model.receptive_field_size(1) - 1) / 2, 0.0)
-    # Defaults are resolved before they are saved: a checkpoint does not depend on them.
+    # The defaults are the seed's configuration, resolved before they are saved: a checkpoint
+    # does not depend on them.
     default = pa.module.DeviNetSegmentation()
-    assert {key: default.hparams[key] for key in PYANNOTE_KEYS} == PYANNOTE_KEYS
-    assert default.devinet_config == pyannote_devinet()
+    assert {key: default.hparams[key] for key in SEED_CONFIG} == SEED_CONFIG
+    assert default.devinet_config == pyannote_devinet(**SEED_CONFIG)
+    assert default.devinet_config.dropout == 0.3 and default.devinet_config.linear_layers == (32, 32)
+
+
+@pytest.mark.pyannote
+def test_seed_readme_config_builds_the_model_without_a_task(pa, tmp_path):
+    """The old port's README block (under feature_extraction:, conv_blocks 4) builds the seed model;
+    the README's verbatim sample (conv_blocks 3, four poolings) is refused with one line."""
+    path = write(tmp_path, README_YML.replace("conv_blocks: 3", "conv_blocks: 4"))
+    model = pa.module.DeviNetSegmentation.from_legacy_config(path)
+    assert {key: model.hparams[key] for key in SEED_CONFIG} == SEED_CONFIG
+    assert model.devinet_config == pa.module.DeviNetSegmentation().devinet_config
+    assert len(model.backbone.gcnn) == 8 and model.backbone.embedding_size == 32
+    verbatim = write(tmp_path, README_YML, name="readme_sample.yml")
+    with pytest.raises(ConfigError) as info:
+        pa.module.DeviNetSegmentation.from_legacy_config(verbatim)
+    assert str(info.value).startswith(f"{verbatim}: conv_blocks=3 but layers_pooling has 4 values")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.pyannote
+def test_bn_momentum_defaults_to_keras_and_is_checked(pa):
+    default = pa.module.DeviNetSegmentation()
+    assert default.hparams["bn_momentum"] == default.devinet_config.bn_momentum == DeviNetConfig.bn_momentum == 0.01
+    assert {m.momentum for m in default.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}
+    for bad in (0, 1.5, True, "0.1"):
+        with pytest.raises(ConfigError, match="bn_momentum must be a number in"):
+            pa.module.DeviNetSegmentation(bn_momentum=bad)
+
+
+@pytest.mark.pyannote
+def test_resuming_with_ckpt_path_under_pyannote_safe_globals(pa, protocol_files, tmp_path):
+    """docs/pyannote.md's workaround: Trainer.fit(ckpt_path=...) loads a DeviNet checkpoint with
+    weights_only=True once pyannote's Specifications, Problem and Resolution are allowed."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+
+    def trainer(epochs: int, **kwargs):
+        return pa.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **kwargs)
+
+    def task():
+        return pa.VoiceActivityDetection(_protocol(protocol_files, ("speech",)), duration=CHUNK, batch_size=4,
+                                         num_workers=0, cache=tmp_path / "vad.cache")
+
+    first = trainer(1, callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)])
+    first.fit(_small_model(pa, task()))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    resumed = trainer(2, enable_checkpointing=False)
+    with torch.serialization.safe_globals([Specifications, Problem, Resolution]):
+        resumed.fit(_small_model(pa, task()), ckpt_path=last)  # weights_only=True (torch's default)
+    assert resumed.current_epoch == 2 and resumed.global_step == 2 * first.global_step > 0

@@ -13,16 +13,20 @@ resolution::
       -> activation (sigmoid for detection)
 
 The backbone is the corrected model of the older pyannote port, configured with that port's
-keys (:data:`devinet.config.PYANNOTE_KEYS`); :meth:`DeviNetSegmentation.from_legacy_config`
-reads them from its config.yml. The checkpoint records this module's path
-(``devinet.integrations.pyannote``) and class name: keep both stable.
+keys; the defaults are its README's configuration
+(:data:`devinet.integrations.legacy_config.SEED_CONFIG`), and
+:meth:`DeviNetSegmentation.from_legacy_config` reads them from its config.yml. The checkpoint
+records this module's path (``devinet.integrations.pyannote``) and class name: keep both stable.
 
 Importing this module needs a working pyannote.audio (>=4.0.4,<5); without one it raises
-:class:`PyannoteImportError` (an ``ImportError``) with the install hint and the cause.
+:class:`PyannoteImportError` (an ``ImportError``) with the install hint and the cause. devinet
+is not on PyPI: from a clone, ``bash scripts/install_pyannote_cpu.sh`` sets up a working
+environment on a CPU-only machine (docs/pyannote.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -31,6 +35,9 @@ from ..errors import ConfigError, InputError, MissingDependencyError
 
 #: the pyannote.audio releases this module is written for (the ``pyannote`` extra pins the same range)
 PYANNOTE_REQUIREMENT = ">=4.0.4,<5"
+#: how to install it: devinet is installed from a clone (it is not on PyPI)
+INSTALL_HINT = ("install it from a devinet clone (devinet is not on PyPI): bash scripts/install_pyannote_cpu.sh "
+                "on a CPU-only machine, else pip install torch==2.13.0 -e '.[pyannote]'")
 _MIN_VERSION = (4, 0, 4)
 _MAX_MAJOR = 4
 
@@ -40,13 +47,12 @@ class PyannoteImportError(MissingDependencyError):
 
     def __init__(self, problem: str, cpu_hint: bool = False):
         message = (
-            f"devinet.integrations.pyannote needs pyannote.audio{PYANNOTE_REQUIREMENT}, {problem}; "
-            "install it with: pip install 'devinet[pyannote]'"
+            f"devinet.integrations.pyannote needs pyannote.audio{PYANNOTE_REQUIREMENT}, {problem}; {INSTALL_HINT}"
         )
         if cpu_hint:
             message += (
                 " (torchaudio and torchcodec from PyPI are CUDA builds that do not load beside a CPU-only "
-                "torch: see 'pyannote.audio on a CPU-only machine' in the devinet README)"
+                "torch; the script handles both: see docs/pyannote.md)"
             )
         # MissingDependencyError words its message for a missing package; this one says more,
         # so skip its __init__ and go on up the chain (to ImportError's).
@@ -91,20 +97,29 @@ Model = _import_pyannote_model()
 import torch  # noqa: E402  (after the guard: its message must come first)
 from torch import nn  # noqa: E402
 
-from ..config import PYANNOTE_KEYS, pyannote_devinet  # noqa: E402
+from ..config import pyannote_devinet  # noqa: E402
 from ..features import HOP, N_FFT, N_MELS, SAMPLE_RATE, LogMel  # noqa: E402
 from ..model import DeviNet  # noqa: E402
 from .geometry import WaveformGeometry  # noqa: E402
-from .legacy_config import read_legacy_params  # noqa: E402
+from .legacy_config import SEED_CONFIG, read_legacy_params  # noqa: E402
 
 if TYPE_CHECKING:
     from pyannote.audio.core.task import Task
 
 
+def _check_momentum(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"bn_momentum must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 class DeviNetSegmentation(Model):
     """DeviNet on 16-kHz waveforms, with a head built from the task's specifications.
 
-    Parameters are the older pyannote port's keys (defaults: :data:`devinet.config.PYANNOTE_KEYS`):
+    Parameters are the older pyannote port's keys; left out (or None), each takes the value of
+    the old port's README configuration (:data:`~devinet.integrations.legacy_config.SEED_CONFIG`:
+    4 groups of 128 channels pooling mel by [2, 2, 2, 2] then 4, dropout 0.3, one gated BiGRU of
+    128, dense layers [32, 32]):
 
     Args:
         conv_blocks: pooled groups of two gated conv blocks.
@@ -116,6 +131,10 @@ class DeviNetSegmentation(Model):
         recurrent: hidden sizes of the stacked bidirectional GRUs.
         gated_rnn: CVSSP's gated BiGRU pair (linear x sigmoid), or one tanh BiGRU.
         linear_layers: sizes of tanh dense layers after the GRUs.
+        bn_momentum: PyTorch momentum of the backbone's BatchNorm statistics (default: Keras's
+            0.01, as in every devinet model). Inference and pyannote's validation use these
+            running statistics; at 0.01 they take several hundred steps to forget their initial
+            values, so pass 0.1 (PyTorch's default, the old port's) for short trainings.
         sample_rate: must be 16000 (the log-mel recipe's rate; pyannote resamples files to it).
         num_channels: must be 1 (pyannote downmixes to mono).
         task: the pyannote task.
@@ -136,6 +155,7 @@ class DeviNetSegmentation(Model):
         recurrent: list[int] | None = None,
         gated_rnn: bool | None = None,
         linear_layers: list[int] | None = None,
+        bn_momentum: float | None = None,
         sample_rate: int = SAMPLE_RATE,
         num_channels: int = 1,
         task: "Task | None" = None,
@@ -149,14 +169,16 @@ class DeviNetSegmentation(Model):
         given = dict(conv_blocks=conv_blocks, conv_channels=conv_channels, layers_pooling=layers_pooling,
                      final_pooling=final_pooling, dropout=dropout, recurrent=recurrent, gated_rnn=gated_rnn,
                      linear_layers=linear_layers)
-        resolved = {key: PYANNOTE_KEYS[key] if value is None else value for key, value in given.items()}
-        self.devinet_config = pyannote_devinet(num_classes=1, n_mels=N_MELS, head="mean", **resolved)
+        resolved = {key: SEED_CONFIG[key] if value is None else value for key, value in given.items()}
+        config = pyannote_devinet(num_classes=1, n_mels=N_MELS, head="mean", **resolved)
+        bn_momentum = config.bn_momentum if bn_momentum is None else _check_momentum(bn_momentum)
+        self.devinet_config = dataclasses.replace(config, bn_momentum=bn_momentum)
         # Lightning saves the resolved values (read from this frame's locals) so that a
         # checkpoint rebuilds the same backbone even if the defaults change.
         (conv_blocks, conv_channels, layers_pooling, final_pooling, dropout, recurrent, gated_rnn,
          linear_layers) = resolved.values()
         self.save_hyperparameters("conv_blocks", "conv_channels", "layers_pooling", "final_pooling", "dropout",
-                                  "recurrent", "gated_rnn", "linear_layers")
+                                  "recurrent", "gated_rnn", "linear_layers", "bn_momentum")
         self.geometry = WaveformGeometry(self.devinet_config, window=N_FFT, hop=HOP, sample_rate=SAMPLE_RATE)
 
         self.logmel = LogMel()
@@ -169,8 +191,13 @@ class DeviNetSegmentation(Model):
 
     @classmethod
     def from_legacy_config(cls, path: str | os.PathLike, **kwargs: Any) -> "DeviNetSegmentation":
-        """Build from the older port's config.yml (its ``architecture: params:``); ``kwargs`` go to
-        the constructor (``task=...``)."""
+        """Build from the older port's config.yml; ``kwargs`` go to the constructor (e.g. ``task=...``;
+        no task is needed to build the model).
+
+        Reads the DeviNet block under ``architecture:`` or, as the old port's README placed it,
+        under ``feature_extraction:`` (with a one-line notice); see
+        :func:`devinet.integrations.legacy_config.read_legacy_params`.
+        """
         return cls(**read_legacy_params(path), **kwargs)
 
     # ------------------------------------------------------------------ task-dependent head
