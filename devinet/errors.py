@@ -38,7 +38,8 @@ class MissingDependencyError(DevinetError, ImportError):
 
     def __init__(self, what: str, extra: str):
         super().__init__(
-            f"{what} is not installed; install it with: pip install 'devinet[{extra}]'"
+            f"{what} is not installed; install it from the devinet clone with: "
+            f"pip install torch==2.13.0 -e '.[{extra}]'"
         )
 
 

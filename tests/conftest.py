@@ -45,7 +45,7 @@ def import_or_require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        require(False, f"{module} is not importable ({exc}); install with pip install 'devinet[{extra}]'")
+        require(False, f"{module} is not importable ({exc}); install with pip install torch==2.13.0 -e '.[{extra}]'")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -76,7 +76,7 @@ def keras():
         import keras as _keras  # noqa: F401
         import tensorflow  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install
-        require(False, f"TensorFlow/Keras not importable ({exc}); install with pip install 'devinet[keras]'")
+        require(False, f"TensorFlow/Keras not importable ({exc}); install with pip install torch==2.13.0 -e '.[keras]'")
     return _keras
 
 

@@ -31,7 +31,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, InputError, MissingDependencyError
+from ..errors import ConfigError, InputError, MissingDependencyError, first_line
 
 #: the pyannote.audio releases this module is written for (the ``pyannote`` extra pins the same range)
 PYANNOTE_REQUIREMENT = ">=4.0.4,<5"
@@ -59,11 +59,6 @@ class PyannoteImportError(MissingDependencyError):
         super(MissingDependencyError, self).__init__(message)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def _parse_version(version: str) -> tuple[int, ...]:
     match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
     return tuple(int(g or 0) for g in match.groups()) if match else ()
@@ -75,12 +70,12 @@ def _import_pyannote_model() -> type:
         import pyannote.audio as pyannote_audio
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] == "pyannote":
-            raise PyannoteImportError(f"which is not installed ({_one_line(exc)})") from None
-        raise PyannoteImportError(f"which failed to import ({_one_line(exc)})") from None
+            raise PyannoteImportError(f"which is not installed ({first_line(exc, with_type=True)})") from None
+        raise PyannoteImportError(f"which failed to import ({first_line(exc, with_type=True)})") from None
     except Exception as exc:  # noqa: BLE001 - a broken install fails with OSError, RuntimeError, ...
         text = str(exc)
         cpu_hint = any(word in text for word in ("torchaudio", "torchcodec", "cuda", "CUDA"))
-        raise PyannoteImportError(f"which failed to import ({_one_line(exc)})", cpu_hint) from None
+        raise PyannoteImportError(f"which failed to import ({first_line(exc, with_type=True)})", cpu_hint) from None
     version = str(getattr(pyannote_audio, "__version__", "unknown"))
     parsed = _parse_version(version)
     if not parsed or parsed < _MIN_VERSION or parsed[0] > _MAX_MAJOR:
@@ -88,7 +83,7 @@ def _import_pyannote_model() -> type:
     try:
         from pyannote.audio import Model as PyannoteModel
     except Exception as exc:  # noqa: BLE001
-        raise PyannoteImportError(f"which failed to import ({_one_line(exc)})") from None
+        raise PyannoteImportError(f"which failed to import ({first_line(exc, with_type=True)})") from None
     return PyannoteModel
 
 
