@@ -27,6 +27,8 @@ _EXPORTS = {
     "InputError": "errors",
     "FileFormatError": "errors",
     "Preprocessing": "preprocessing",
+    "Tagger": "tagging",
+    "TagResult": "tagging",
 }
 
 __all__ = sorted(_EXPORTS)

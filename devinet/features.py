@@ -198,12 +198,9 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE,
 # Reference extraction (numpy / scipy / librosa)
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read a sound file as the original did: float64, channel mean -> (n,), and its rate.
-
-    Raises :class:`AudioFileError` (kind "missing", "empty" or "unreadable") for a file that
-    is absent, holds no samples, cannot be decoded or holds non-finite samples.
-    """
+def open_audio(path: str | os.PathLike):
+    """Open a sound file for reading (``soundfile.SoundFile``), or raise :class:`AudioFileError`
+    (kind "missing", "empty" or "unreadable") naming it."""
     soundfile = _require("soundfile")
     path = Path(path)
     if not path.is_file():
@@ -211,15 +208,47 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if path.stat().st_size == 0:
         raise AudioFileError(path, "empty", "empty file (0 bytes)")
     try:
-        audio, sample_rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+        return soundfile.SoundFile(str(path))
     except (soundfile.SoundFileError, RuntimeError, OSError) as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise AudioFileError(path, "unreadable", f"cannot decode audio ({detail})") from None
-    if audio.shape[0] == 0:
+        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_decode_detail(exc)})") from None
+
+
+def _decode_detail(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int] | None:
+    """Read a sound file as the original did: float64, channel mean -> (n,), and its rate.
+
+    Raises :class:`AudioFileError` (kind "missing", "empty" or "unreadable") for a file that
+    is absent, holds no samples, cannot be decoded or holds non-finite samples. With
+    ``max_seconds``, a file declaring a longer duration is not decoded: None is returned.
+    """
+    path = Path(path)
+    with open_audio(path) as handle:
+        if max_seconds is not None and handle.frames > max_seconds * handle.samplerate:
+            return None
+        audio = read_block(handle, path, -1)
+        return mono_samples(audio, path), int(handle.samplerate)
+
+
+def read_block(handle, path: str | os.PathLike, frames: int) -> np.ndarray:
+    """Up to ``frames`` samples (-1: all) from an open sound file, (n, channels) float64."""
+    soundfile = _require("soundfile")
+    try:
+        return handle.read(frames, dtype="float64", always_2d=True)
+    except (soundfile.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_decode_detail(exc)})") from None
+
+
+def mono_samples(audio: np.ndarray, path: str | os.PathLike, allow_empty: bool = False) -> np.ndarray:
+    """(n, channels) decoded samples of ``path`` -> (n,) float64 channel mean; no samples or
+    non-finite ones are an :class:`AudioFileError`."""
+    if audio.shape[0] == 0 and not allow_empty:
         raise AudioFileError(path, "empty", "no audio samples")
     if not np.all(np.isfinite(audio)):
         raise AudioFileError(path, "unreadable", "non-finite audio samples (NaN or inf)")
-    return _channel_mean(audio), int(sample_rate)
+    return _channel_mean(audio) if audio.shape[0] else np.zeros(0)
 
 
 def _channel_mean(audio: np.ndarray) -> np.ndarray:
@@ -413,6 +442,6 @@ __all__ = [
     "ORIGINAL_RESAMPLER", "canonical_resampler",
     "AudioFileError", "num_frames", "resampled_length", "pad_or_truncate",
     "slaney_mel_filterbank", "librosa_mel_filterbank", "default_mel_filterbank",
-    "resample", "read_audio", "extract_logmel",
+    "resample", "open_audio", "read_audio", "read_block", "mono_samples", "extract_logmel",
     "Resample", "LogMel", "extract_logmel_batch", "Scaler",
 ]

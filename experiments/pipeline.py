@@ -14,6 +14,7 @@ Results (small files only)::
 
     OUT/results.json, OUT/results.md, OUT/figures/*.png (+ clip_example.json, its data),
     OUT/evaluation/<system>.json (full official scores), OUT/runs/<system>/{run.json,metrics.jsonl}
+    OUT/models/<system>.json      the checkpoints each system averages (``devinet tag --model``)
 """
 
 from __future__ import annotations
@@ -302,6 +303,23 @@ def train_systems(options: Options, dataset: Dataset, features: Features) -> dic
     return results
 
 
+def write_model_lists(options: Options, dataset: Dataset) -> None:
+    """OUT/models/<system>.json: the checkpoints each system averages (a trained system's fused
+    epochs, a fusion's members'), so that ``devinet tag --model`` can run the system."""
+    from devinet.model_list import write_model_list
+    from experiments.train import RunFolder
+
+    def checkpoints(system: str) -> list[Path]:
+        if not SYSTEMS[system].trained:
+            return [path for member in SYSTEMS[system].members for path in checkpoints(member)]
+        folder = RunFolder(run_dir(options, dataset, system))
+        return [folder.checkpoint(epoch) for epoch in options.size.training.fused_epochs]
+
+    (options.out / "models").mkdir(parents=True, exist_ok=True)
+    for system in options.systems:
+        write_model_list(options.out / "models" / f"{system}.json", checkpoints(system), system, SYSTEMS[system].title)
+
+
 # ---------------------------------------------------------------------- stage 4: evaluation
 @dataclass
 class Predictions:
@@ -509,6 +527,7 @@ def _run_stages(options: Options, began: str) -> dict:
         if not features.test.names:
             raise InputError("no testing clip has audio: nothing to evaluate")
         runs = timed("training", train_systems, options, dataset, features)
+        write_model_lists(options, dataset)
         predictions = timed("prediction", predict_systems, options, dataset, features)
         scores = timed("evaluation", evaluate_systems, dataset, features.test.names, predictions)
         timing["total_before_report"] = round(sum(timing.values()), 1)
