@@ -22,8 +22,8 @@ Equality with whole-file processing:
   the file (after 10 minutes at 44.1 kHz, 17 % of whole-file outputs; after an hour, 84 %).
   docs/tagging.md gives the measured difference. Rates whose ratio to 16 kHz is exact in
   floating point (48, 32, 16 or 8 kHz) have no drift: block and whole-file results are equal.
-- Frames never straddle a choice: log-mel frames are computed on the resampled stream with
-  the same 664-sample hop as a whole file would be.
+- Log-mel frames are computed on the resampled stream every 664 samples, as for a whole file:
+  block edges never change a frame.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .errors import MissingDependencyError
 from .recipe import FRAME_STEP_SEC
 from .tagging import TagResult
 
-#: classes drawn in the probability panel: the tagged ones, else the most probable
+#: classes drawn in the probability panel: the most probable ones
 MAX_CURVES = 6
 
 
@@ -37,6 +37,7 @@ def plot_tagging(result: TagResult, path: str | os.PathLike, title: str = "", th
         _probabilities(prob_ax, result, threshold)
         _events(event_ax, result)
         tags = ", ".join(f"{label} {p:.2f}" for label, p in result.tags[:4])
+        tags += f" (and {len(result.tags) - 4} more)" if len(result.tags) > 4 else ""
         mel_ax.set_title(f"{title}\ntags: {tags}" if title else f"tags: {tags}", fontsize=9, loc="left")
         event_ax.set_xlabel("time (s)")
         event_ax.set_xlim(0, max(result.duration, 1e-3))
@@ -57,16 +58,15 @@ def _logmel(ax, result: TagResult) -> None:
 
 
 def _probabilities(ax, result: TagResult, threshold: float | None) -> None:
-    tagged = [result.classes.index(label) for label, _ in result.tags]
-    ranked = [int(k) for k in np.argsort(-result.clipwise, kind="stable") if int(k) not in tagged]
-    shown = (tagged + ranked)[: max(MAX_CURVES, len(tagged))]
+    shown = [int(k) for k in np.argsort(-result.clipwise, kind="stable")[:MAX_CURVES]]
     for k in shown:
         ax.plot(result.frame_times, result.framewise[:, k], linewidth=1.1, label=result.classes[k])
     if threshold is not None:
         ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
-    ax.legend(fontsize=7, loc="upper right", ncol=2, framealpha=0.8)
+    ax.legend(fontsize=7, loc="upper right", ncol=2, framealpha=0.8,
+              title=f"{len(shown)} most probable of {len(result.classes)} classes", title_fontsize=7)
 
 
 def _events(ax, result: TagResult) -> None:

@@ -95,3 +95,14 @@ def fresh_python():
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_reproduction(tmp_path_factory) -> Path:
+    """OUT of one ``devinet reproduce --size tiny`` run (synthetic data, three systems, fusion,
+    report), shared by the tests that read it (test_reproduce, test_tagging)."""
+    from devinet.cli import main
+
+    out = tmp_path_factory.mktemp("tiny") / "results"
+    assert main(["reproduce", "--size", "tiny", "--out", str(out), "--no-progress"]) == 0
+    return out

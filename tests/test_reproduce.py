@@ -23,11 +23,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """One tiny run of the whole pipeline (synthetic data, features, three systems, fusion, report)."""
-    out = tmp_path_factory.mktemp("tiny") / "results"
-    assert main(["reproduce", "--size", "tiny", "--out", str(out), "--no-progress"]) == 0
-    return out
+def tiny(tiny_reproduction):
+    """One tiny run of the whole pipeline (conftest: shared with test_tagging)."""
+    return tiny_reproduction
 
 
 def test_tiny_pipeline_writes_results_table_and_figures(tiny):
