@@ -45,14 +45,13 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 
 from . import __version__
-from .errors import ConfigError, DevinetError, FileFormatError, InputError
+from .errors import ConfigError, DevinetError, FileFormatError
 from .features import pad_or_truncate, read_audio
 from .model import DeviNet
 from .postprocessing import SoundEvent, at_decisions, class_thresholds, detect_events
@@ -61,8 +60,9 @@ from .streaming import DEFAULT_BLOCK_SECONDS, LogMelStream, LogMelFrames, Wavefo
 
 #: seconds between the starts of consecutive windows of a long recording
 DEFAULT_HOP_SECONDS = 5.0
-#: windows run through the model at once (from one or several recordings)
-DEFAULT_BATCH_SIZE = 8
+#: windows run through the model at once (from one or several recordings); 16 measured 7-14 %
+#: faster than 8 for both presets (docs/benchmarks.md, "Tagging")
+DEFAULT_BATCH_SIZE = 16
 
 PathLike = Union[str, os.PathLike]
 
@@ -248,7 +248,7 @@ class Tagger:
                 whole, job = None, _Job.failed(path, exc)
             if whole is not None:
                 short.append((path, *whole))
-                if len(short) == self.batch_size or sum(x.shape[0] / r for _, x, r in short) > 2 * self.block_seconds:
+                if len(short) == self.batch_size or sum(x.shape[0] / r for _, x, r in short) > 4 * self.block_seconds:
                     yield from flush()
                 continue
             yield from flush()

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between the starts of the 10-s windows of longer files (default 5)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run (default cpu)")
     parser.add_argument("--plot", action="store_true", help="also draw plots/<file>.png per file")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+                        help="windows per forward pass (default 16, devinet.tagging.DEFAULT_BATCH_SIZE)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
