@@ -241,14 +241,14 @@ def read_block(handle, path: str | os.PathLike, frames: int) -> np.ndarray:
         raise AudioFileError(path, "unreadable", f"cannot decode audio ({_decode_detail(exc)})") from None
 
 
-def mono_samples(audio: np.ndarray, path: str | os.PathLike, allow_empty: bool = False) -> np.ndarray:
+def mono_samples(audio: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     """(n, channels) decoded samples of ``path`` -> (n,) float64 channel mean; no samples or
     non-finite ones are an :class:`AudioFileError`."""
-    if audio.shape[0] == 0 and not allow_empty:
+    if audio.shape[0] == 0:
         raise AudioFileError(path, "empty", "no audio samples")
     if not np.all(np.isfinite(audio)):
         raise AudioFileError(path, "unreadable", "non-finite audio samples (NaN or inf)")
-    return _channel_mean(audio) if audio.shape[0] else np.zeros(0)
+    return _channel_mean(audio)
 
 
 def _channel_mean(audio: np.ndarray) -> np.ndarray:

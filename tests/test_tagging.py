@@ -201,6 +201,32 @@ def test_class_names_files(tmp_path):
             read_class_names(tmp_path / name)
 
 
+@pytest.mark.slow
+def test_convert_describes_the_model_or_names_the_file_that_does_not_fit(reference_dir, tmp_path, capsys):
+    source = reference_dir / "keras208" / "k208_theano_crnn_at.h5"
+    Scaler(np.zeros(64), np.ones(64)).save(tmp_path / "s.json")
+    Scaler(np.zeros(40), np.ones(40)).save(tmp_path / "s40.json")
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    names = [f"sound {k}" for k in range(17)]
+    (tmp_path / "names.json").write_text(json.dumps(names))
+    assert main(["convert", str(source), str(tmp_path / "m.pt"), "--classes", str(tmp_path / "names.json"),
+                 "--scaler", str(tmp_path / "s.json")]) == 0
+    assert "preprocessing: 17 class names from" in capsys.readouterr().out
+    described = devinet.load(tmp_path / "m.pt").preprocessing
+    assert described.classes == tuple(names) and described.scaler == Scaler.read(tmp_path / "s.json")
+    assert main(["convert", str(source), str(tmp_path / "plain.pt")]) == 0
+    assert "no scaler (give --scaler FILE" in capsys.readouterr().out
+    plain = devinet.load(tmp_path / "plain.pt").preprocessing
+    assert plain.classes == DCASE2017_CLASSES and plain.scaler is None
+    for option, bad, message in (("--classes", "three.txt", "3 class names for a model with 17 outputs"),
+                                 ("--scaler", "s40.json", "a scaler of 40 bins for a model of 64 mel bands")):
+        assert main(["convert", str(source), str(tmp_path / "bad.pt"), option, str(tmp_path / bad)]) == 1
+        assert capsys.readouterr().err.strip() == f"devinet convert: error: {tmp_path / bad}: {message}"
+        assert not (tmp_path / "bad.pt").exists()
+    assert main(["convert", str(tmp_path / "m.pt"), str(tmp_path / "back.h5"), "--scaler", str(tmp_path / "s.json")]) == 1
+    assert "DST is a Keras file" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- block-wise log-mel
 @pytest.mark.parametrize("rate, channels", [(48000, 2), (16000, 1), (8000, 1)])
 def test_block_wise_log_mel_equals_the_whole_file_where_the_ratio_is_exact(rate, channels):
