@@ -30,6 +30,8 @@ _EXPORTS = {
     "InputError": "errors",
     "FileFormatError": "errors",
     "Preprocessing": "preprocessing",
+    "Tagger": "tagging",
+    "TagResult": "tagging",
 }
 
 __all__ = sorted(_EXPORTS)

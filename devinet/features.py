@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from . import limits
-from .errors import FileFormatError, InputError, MissingDependencyError
+from .errors import FileFormatError, InputError, MissingDependencyError, one_line
 from .recipe import FMAX, FMIN, FRAME_STEP_SEC, FRAMES, HOP, LOG_OFFSET, N_FFT, N_MELS, N_OVERLAP, SAMPLE_RATE  # noqa: F401
 from .resampy02 import Resample, resample_kaiser_best, resample_plan
 from .scaler import Scaler  # noqa: F401 (re-exported: the features' standardisation)
@@ -207,14 +207,15 @@ def check_sample_rate(rate: int) -> None:
                          f"{limits.MAX_SAMPLE_RATE:,} Hz accepted")
 
 
-def check_audio_file(path: str | os.PathLike) -> object:
+def check_audio_file(path: str | os.PathLike, whole: bool = True) -> object:
     """What a sound file's header declares (``soundfile.info``, returned), checked before anything
     is decoded.
 
     Raises :class:`AudioFileError`: "missing" (no such file, or a link to nothing), "empty"
     (0 bytes), "unreadable" (not a regular file: a FIFO would block the reader forever; no
-    readable header; a rate outside the accepted range; longer than ``limits.MAX_CLIP_SECONDS``
-    or more samples than ``limits.MAX_DECODED_SAMPLES``).
+    readable header; a rate outside the accepted range; and, when the ``whole`` file is to be
+    decoded at once, longer than ``limits.MAX_CLIP_SECONDS`` or more samples than
+    ``limits.MAX_DECODED_SAMPLES``; files read block by block may be longer).
     """
     soundfile = _require("soundfile")
     path = Path(path)
@@ -231,46 +232,72 @@ def check_audio_file(path: str | os.PathLike) -> object:
     try:
         info = soundfile.info(str(path))
     except (soundfile.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_one_line(exc)})") from None
+        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_decode_detail(exc)})") from None
     try:
         check_sample_rate(info.samplerate)
     except InputError as exc:
         raise AudioFileError(path, "unreadable", str(exc)) from None
     seconds = info.frames / info.samplerate
-    if seconds > limits.MAX_CLIP_SECONDS:
+    if whole and seconds > limits.MAX_CLIP_SECONDS:
         raise AudioFileError(path, "unreadable", f"too long to decode: {seconds:.0f} s (the limit is "
                                                  f"{limits.MAX_CLIP_SECONDS:.0f} s; only the first "
                                                  f"{FRAMES * HOP / SAMPLE_RATE:.0f} s are packed: trim it)")
-    if info.frames * info.channels > limits.MAX_DECODED_SAMPLES:
+    if whole and info.frames * info.channels > limits.MAX_DECODED_SAMPLES:
         raise AudioFileError(path, "unreadable", f"too many samples to decode: {info.frames:,} frames of "
                                                  f"{info.channels} channels (the limit is "
                                                  f"{limits.MAX_DECODED_SAMPLES:,} samples: trim it)")
     return info
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def open_audio(path: str | os.PathLike, whole: bool = True):
+    """Open a sound file for reading (``soundfile.SoundFile``) once :func:`check_audio_file` accepts
+    it (``whole``: it is to be decoded at once), or raise :class:`AudioFileError` naming it."""
+    soundfile = _require("soundfile")
+    path = Path(path)
+    check_audio_file(path, whole)
+    try:
+        return soundfile.SoundFile(str(path))
+    except (soundfile.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_decode_detail(exc)})") from None
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+def _decode_detail(exc: BaseException) -> str:
+    return one_line(str(exc)) or type(exc).__name__
+
+
+def read_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int] | None:
     """Read a sound file as the original did: float64, channel mean -> (n,), and its rate.
 
     Raises :class:`AudioFileError` (kind "missing", "empty" or "unreadable") for a file that
     :func:`check_audio_file` refuses, that holds no samples, cannot be decoded or holds
-    non-finite samples.
+    non-finite samples. With ``max_seconds``, a file declaring a longer duration is not
+    decoded: None is returned (read it block by block instead).
     """
-    soundfile = _require("soundfile")
     path = Path(path)
-    check_audio_file(path)
+    with open_audio(path, whole=max_seconds is None) as handle:
+        if max_seconds is not None and handle.frames > max_seconds * handle.samplerate:
+            return None
+        audio = read_block(handle, path, -1)
+        return mono_samples(audio, path), int(handle.samplerate)
+
+
+def read_block(handle, path: str | os.PathLike, frames: int) -> np.ndarray:
+    """Up to ``frames`` samples (-1: all) from an open sound file, (n, channels) float64."""
+    soundfile = _require("soundfile")
     try:
-        audio, sample_rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+        return handle.read(frames, dtype="float64", always_2d=True)
     except (soundfile.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_one_line(exc)})") from None
+        raise AudioFileError(path, "unreadable", f"cannot decode audio ({_decode_detail(exc)})") from None
+
+
+def mono_samples(audio: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """(n, channels) decoded samples of ``path`` -> (n,) float64 channel mean; no samples or
+    non-finite ones are an :class:`AudioFileError`."""
     if audio.shape[0] == 0:
         raise AudioFileError(path, "empty", "no audio samples")
     if not np.all(np.isfinite(audio)):
         raise AudioFileError(path, "unreadable", "non-finite audio samples (NaN or inf)")
-    return _channel_mean(audio), int(sample_rate)
+    return _channel_mean(audio)
 
 
 def _channel_mean(audio: np.ndarray) -> np.ndarray:
@@ -468,6 +495,6 @@ __all__ = [
     "ORIGINAL_RESAMPLER", "canonical_resampler",
     "AudioFileError", "num_frames", "resampled_length", "pad_or_truncate", "check_sample_rate", "check_audio_file",
     "slaney_mel_filterbank", "librosa_mel_filterbank", "default_mel_filterbank",
-    "resample", "read_audio", "extract_logmel",
+    "resample", "open_audio", "read_audio", "read_block", "mono_samples", "extract_logmel",
     "Resample", "LogMel", "extract_logmel_batch", "Scaler",
 ]

@@ -10,14 +10,17 @@ plain data (lists, numbers, strings), like the rest of a checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import recipe
-from .errors import ConfigError
+from .errors import ConfigError, FileFormatError
 from .scaler import Scaler
 
 
@@ -149,6 +152,36 @@ class Preprocessing:
             raise ConfigError(f"malformed preprocessing ({type(exc).__name__}: {exc})") from None
 
 
+def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
+    """Class names from a file, in output order: a JSON list of strings, or one name per line
+    (surrounding spaces and blank lines ignored). Unique, non-empty names; else FileFormatError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FileFormatError(path, "no such class-name file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FileFormatError(path, f"cannot be read as UTF-8 text ({getattr(exc, 'strerror', None) or exc})") from None
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except ValueError as exc:
+            raise FileFormatError(path, f"not a JSON list of names ({exc})") from None
+        if not all(isinstance(name, str) for name in names):
+            raise FileFormatError(path, "the JSON list must hold strings only")
+        names = [name.strip() for name in names]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise FileFormatError(path, "no class names (one per line, or a JSON list)")
+    if not all(names):
+        raise FileFormatError(path, "an empty class name in the JSON list")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise FileFormatError(path, f"class name {repeated[0]!r} is listed more than once")
+    return tuple(names)
+
+
 def default_classes(num_classes: int) -> Sequence[str]:
     """The DCASE 2017 Task 4 labels for a 17-class model, else ``class_0`` ... ``class_{n-1}``."""
     if num_classes == len(recipe.DCASE2017_CLASSES):
@@ -156,4 +189,4 @@ def default_classes(num_classes: int) -> Sequence[str]:
     return tuple(f"class_{k}" for k in range(num_classes))
 
 
-__all__ = ["FeatureRecipe", "PostProcessing", "Preprocessing", "default_classes"]
+__all__ = ["FeatureRecipe", "PostProcessing", "Preprocessing", "default_classes", "read_class_names"]

@@ -1,6 +1,7 @@
 """Per-mel-bin standardisation of log-mel features, fitted on the training split (the original's scaler).
 
-Saved as plain arrays (``.npz`` or ``.json``), never pickled.
+Saved as plain arrays (``.npz`` or ``.json``), never pickled; :meth:`Scaler.read` also reads
+the original training's pickled scikit-learn ``StandardScaler`` without running code.
 """
 
 from __future__ import annotations
@@ -107,23 +108,72 @@ class Scaler:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scaler":
-        """Read a scaler written by :meth:`save` (no pickle is ever loaded)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileFormatError(path, "no such scaler file")
+        """Read a scaler written by :meth:`save` (``.json`` by its suffix, else ``.npz``; no pickle is ever loaded)."""
+        path = _existing(path)
+        return cls._read_json(path) if path.suffix.lower() == ".json" else cls._read_npz(path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Scaler":
+        """Read a scaler in any form devinet accepts, recognised by its content (not its name).
+
+        - ``.npz`` (a zip archive) with arrays ``mean`` and ``std`` (and optionally ``count``);
+        - JSON ``{"mean": [...], "std": [...]}`` (optionally ``"count"``);
+        - a pickled scikit-learn ``StandardScaler``, as the original CVSSP training saved it
+          (``pickle.dump`` under Python 2, or any protocol of today's scikit-learn), read as
+          plain data by an allow-list unpickler that never runs code (:mod:`devinet.scaler_pickle`).
+        """
+        path = _existing(path)
         try:
-            if path.suffix.lower() == ".json":
-                document = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(document, dict):
-                    raise ValueError("not a JSON object")
-                mean, std, count = document["mean"], document["std"], document.get("count", 0)
-            else:
-                with np.load(path, allow_pickle=False) as arrays:
-                    mean, std = arrays["mean"], arrays["std"]
-                    count = arrays["count"] if "count" in arrays.files else 0
+            with open(path, "rb") as handle:
+                head = handle.read(64)
+        except OSError as exc:
+            raise FileFormatError(path, f"cannot be read ({exc.strerror or exc})") from None
+        if head.startswith(b"PK\x03\x04"):
+            return cls._read_npz(path)
+        if head.lstrip().startswith(b"{"):
+            return cls._read_json(path)
+        from .scaler_pickle import read_standard_scaler
+
+        mean, std, count = read_standard_scaler(path)
+        return cls._checked(path, mean, std, count)
+
+    @classmethod
+    def _read_json(cls, path: Path) -> "Scaler":
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            return cls._checked(path, document["mean"], document["std"], document.get("count", 0))
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise FileFormatError(path, f"not a scaler file ({_describe(exc)})") from None
+
+    @classmethod
+    def _read_npz(cls, path: Path) -> "Scaler":
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                count = arrays["count"] if "count" in arrays.files else 0
+                return cls._checked(path, arrays["mean"], arrays["std"], count)
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise FileFormatError(path, f"not a scaler file ({_describe(exc)})") from None
+
+    @classmethod
+    def _checked(cls, path: Path, mean, std, count) -> "Scaler":
+        try:
             return cls(np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64), int(count))
-        except (KeyError, ValueError, TypeError, OSError, InputError) as exc:
-            raise FileFormatError(path, f"not a scaler file ({exc})") from None
+        except (ValueError, TypeError, InputError) as exc:
+            raise FileFormatError(path, f"not a usable scaler ({_describe(exc)})") from None
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(path, "no such scaler file")
+    return path
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"missing {text}" if isinstance(exc, KeyError) else text or type(exc).__name__
 
 
 __all__ = ["Scaler"]

@@ -31,6 +31,7 @@ Results (small files only)::
     OUT/evaluation/seed<seed>/<system>.json (full scores, testing split),
     OUT/evaluation/seed<seed>/evaluation_set/<system>.json (full scores, evaluation split, when scored),
     OUT/runs/seed<seed>/<system>/{run.json,metrics.jsonl}
+    OUT/models/seed<seed>/<system>.json  the checkpoints each system averages (``devinet tag --model``)
 """
 
 from __future__ import annotations
@@ -414,6 +415,25 @@ def _train_systems(options: Options, dataset: Dataset, features: Features, seed:
     return results
 
 
+def write_model_lists(options: Options, dataset: Dataset, seed: int) -> None:
+    """OUT/models/seed<seed>/<system>.json: the checkpoints each system of training seed ``seed``
+    averages (a trained system's fused epochs, a fusion's members'), so that ``devinet tag
+    --model`` can run the system."""
+    from devinet.model_list import write_model_list
+    from experiments.train import RunFolder
+
+    def checkpoints(system: str) -> list[Path]:
+        if not SYSTEMS[system].trained:
+            return [path for member in SYSTEMS[system].members for path in checkpoints(member)]
+        folder = RunFolder(run_dir(options, dataset, system, seed))
+        return [folder.checkpoint(epoch) for epoch in options.size.schedule(system).fused_epochs]
+
+    folder = options.out / "models" / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for system in options.systems:
+        write_model_list(folder / f"{system}.json", checkpoints(system), system, SYSTEMS[system].title)
+
+
 # ---------------------------------------------------------------------- all stages
 @dataclass(frozen=True)
 class Start:
@@ -481,6 +501,7 @@ def _run_stages(options: Options, start: Start) -> dict:
         outcomes = []
         for seed in options.training_seeds:
             runs = timed("training", train_systems, options, dataset, features, seed)
+            write_model_lists(options, dataset, seed)
             scored = {}
             for split in scored_splits(dataset, features):
                 predictions = timed("prediction", predict_systems, options, dataset, features, seed, split)

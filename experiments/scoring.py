@@ -113,7 +113,7 @@ def score_system(names: list[str], pred: Predictions, weak: dict[str, frozenset[
     # every clip of the split is scored: one without reference events is a valid negative
     return {"at": at, "sed": evaluation.evaluate_sed(events, strong, clips=names),
             "sed_event": evaluation.evaluate_sed_events(events, strong, clips=names),
-            "psds": evaluation.evaluate_psds(names, list(pred.framewise), strong)}
+            "psds": evaluation.evaluate_psds(names, list(pred.framewise), strong, clips=names)}
 
 
 def evaluate_systems(split: ScoredSplit, predictions: dict[str, Predictions]) -> dict[str, dict]:

@@ -161,3 +161,23 @@ def limited_devinet(tmp_path_factory):
         return done.returncode, done.stdout, err, peak
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_reproduction(tmp_path_factory) -> Path:
+    """OUT of one ``devinet reproduce --size tiny --seeds 2`` run (synthetic data, features, four
+    trained systems, fusion, report), shared by the tests that read it (test_reproduce,
+    test_tagging). The git revision it records differs between the run's start and any later call."""
+    from devinet.cli import main
+    from experiments import provenance
+
+    out = tmp_path_factory.mktemp("tiny") / "results"
+    revisions = iter(["0123abc-at-start"])
+
+    def revision(*args):  # the first call (the run's start) differs from any later one
+        return next(revisions, "fedcba9-later+dirty")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(provenance, "git_revision", revision)
+        assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
+    return out

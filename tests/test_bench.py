@@ -26,7 +26,8 @@ from experiments.bench import flops, report as bench_report, timing
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = ("forward_speedup_vs_keras", "train_step_speedup_vs_keras", "gru_train_ratio_vs_nngru",
             "features_speedup_vs_reference", "forward_fraction_of_matmul_peak", "peak_train_memory_mb",
-            "train_step_fraction_of_matmul_peak", "train_step_speedup_bf16_vs_fp32")
+            "train_step_fraction_of_matmul_peak", "train_step_speedup_bf16_vs_fp32",
+            "tag_realtime_factor_crnn_at", "tag_realtime_factor_crnn_sed")
 
 
 @pytest.mark.slow

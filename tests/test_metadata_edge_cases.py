@@ -66,7 +66,7 @@ def run(reference_dir, tmp_path_factory):
     out = root / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["reproduce", "--size", "tiny", "--data-root", str(root), "--out", str(out), "--systems",
+        code = main(["reproduce", "--no-huge-pages", "--size", "tiny", "--data-root", str(root), "--out", str(out), "--systems",
                      "gated_crnn_mean", "--jobs", "1", "--no-progress"])
     return code, printed.getvalue(), out, layout
 

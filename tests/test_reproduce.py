@@ -29,21 +29,9 @@ ALL_SYSTEMS = ["crnn_baseline", "crnn_ungated_matched", "gated_crnn_mean", "gate
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """One tiny run of the whole pipeline with two training seeds (synthetic data, features, four trained
-    systems, fusion, report)."""
-    from experiments import provenance
-
-    out = tmp_path_factory.mktemp("tiny") / "results"
-    revisions = iter(["0123abc-at-start"])
-
-    def revision(*args):  # the first call (the run's start) differs from any later one
-        return next(revisions, "fedcba9-later+dirty")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(provenance, "git_revision", revision)
-        assert main(["reproduce", "--size", "tiny", "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
-    return out
+def tiny(tiny_reproduction):
+    """One tiny run of the whole pipeline with two training seeds (conftest: shared with test_tagging)."""
+    return tiny_reproduction
 
 
 @pytest.mark.slow
@@ -163,7 +151,7 @@ def test_fusion_averages_its_members(tiny):
 def test_rerun_resumes_without_training_again(tiny):
     before = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
     first = json.loads((tiny / "results.json").read_text())
-    assert main(["reproduce", "--size", "tiny", "--seeds", "2", "--out", str(tiny), "--no-progress"]) == 0
+    assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--seeds", "2", "--out", str(tiny), "--no-progress"]) == 0
     after = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
     assert before == after  # no checkpoint rewritten: every run of both seeds was complete
     second = json.loads((tiny / "results.json").read_text())
@@ -177,7 +165,7 @@ def test_a_third_seed_resumes_the_first_two(tiny, tmp_path):
     """--seeds 3 over a finished --seeds 2 trains the third seed only."""
     out = tmp_path / "three"
     before = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
-    assert main(["reproduce", "--size", "tiny", "--seeds", "3", "--systems", "gated_crnn_mean", "--out", str(out),
+    assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--seeds", "3", "--systems", "gated_crnn_mean", "--out", str(out),
                  "--work-dir", str(tiny / "work"), "--no-progress"]) == 0
     after = {p: p.stat().st_mtime_ns for p in (tiny / "work" / "runs").rglob("epoch_*.pt")}
     assert {p: t for p, t in after.items() if p in before} == before
@@ -201,7 +189,7 @@ def test_real_data_mode_tolerates_missing_clips(tiny, tmp_path):
     for wav in removed:
         wav.unlink()
     out = tmp_path / "out"
-    assert main(["reproduce", "--size", "tiny", "--data-root", str(root), "--out", str(out), "--systems",
+    assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--data-root", str(root), "--out", str(out), "--systems",
                  "gated_crnn_attention", "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["systems"]) == ["gated_crnn_attention"]
@@ -252,7 +240,7 @@ def test_real_data_with_the_evaluation_split(tiny, tmp_path, reference_dir, caps
             (root / "audio" / split / wav.name).symlink_to(wav)
     chosen = _fake_evaluation_split(root, reference_dir, sorted((source / "audio" / "test").glob("*.wav")), 6)
     out = tmp_path / "out"
-    assert main(["reproduce", "--size", "tiny", "--data-root", str(root), "--out", str(out), "--systems",
+    assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--data-root", str(root), "--out", str(out), "--systems",
                  "gated_crnn_attention", "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     evaluation = results["evaluation"]
@@ -285,7 +273,7 @@ def test_real_data_with_the_evaluation_split(tiny, tmp_path, reference_dir, caps
     # evaluation audio without its ground truth: one line naming the missing file, before any work
     (root / "meta" / "groundtruth_strong_label_evaluation_set.csv").unlink()
     capsys.readouterr()
-    assert main(["reproduce", "--size", "tiny", "--data-root", str(root), "--out", str(tmp_path / "again"),
+    assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--data-root", str(root), "--out", str(tmp_path / "again"),
                  "--systems", "gated_crnn_attention", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "groundtruth_strong_label_evaluation_set.csv: missing official metadata" in err
@@ -315,11 +303,11 @@ def test_cli_errors_are_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"devinet reproduce: error: {tmp_path / 'nowhere'}: no such data folder"
     (tmp_path / "root" / "meta").mkdir(parents=True)
-    assert main(["reproduce", "--size", "tiny", "--data-root", str(tmp_path / "root"), "--out",
+    assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--data-root", str(tmp_path / "root"), "--out",
                  str(tmp_path / "out")]) == 1
-    assert main(["reproduce", "--size", "tiny", "--systems", "gated_crnn", "--out", str(tmp_path / "out")]) == 1
-    assert main(["reproduce", "--quick", "--size", "full", "--out", str(tmp_path / "out")]) == 1
-    assert main(["reproduce", "--size", "tiny", "--seeds", "0", "--out", str(tmp_path / "out")]) == 1
+    assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--systems", "gated_crnn", "--out", str(tmp_path / "out")]) == 1
+    assert main(["reproduce", "--no-huge-pages", "--quick", "--size", "full", "--out", str(tmp_path / "out")]) == 1
+    assert main(["reproduce", "--no-huge-pages", "--size", "tiny", "--seeds", "0", "--out", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out" / "results.json").exists()
 
 

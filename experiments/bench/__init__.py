@@ -14,6 +14,8 @@ Measured:
   and under bfloat16 autocast;
 - ``Keras2GRU`` against ``torch.nn.GRU`` (bidirectional), inference and forward+backward;
 - feature extraction: the batched torch extractor against the reference numpy/scipy recipe;
+- tagging (``devinet.Tagger``, files to tags and events): the real-time factor of crnn_at and
+  crnn_sed on 10-s clips and on a long file, and the peak memory of tagging a long file;
 - devinet's forward GFLOP/s against a large float32 matmul on the same threads;
 - the peak memory of a devinet training step.
 
@@ -31,7 +33,7 @@ from typing import Any
 from devinet._io import atomic_write_json
 from experiments.runtime import anon_huge_pages_mb
 
-from . import environment, features, kernels, models, report
+from . import environment, features, kernels, models, report, tagging
 from .timing import SETTLE_S, Runner
 
 #: the models compared with the Keras reference
@@ -58,13 +60,18 @@ class Sizes:
     #: warm-up training steps: a training loop runs thousands, so its steady state is the figure;
     #: with retain_freed_memory the heap needs 4 to 5 steps to reach its working set
     train_warmup: int = 1
+    #: tagging: 10-s clips per timed run, seconds of the long file, seconds of the memory probe's file
+    tag_clips: int = 16
+    tag_long_seconds: int = 300
+    tag_memory_seconds: int = 3600
 
 
 FULL = Sizes(batch=44, frames=240, gru_batch=44, gru_steps=240, gru_input=256, gru_hidden=128, matmul=4096,
              feature_clips=8, feature_seconds=10.0, feature_rate=44100, warmup=1, repeats=5, model_repeats=3,
              train_warmup=3)
 QUICK = Sizes(batch=2, frames=48, gru_batch=4, gru_steps=16, gru_input=32, gru_hidden=16, matmul=512,
-              feature_clips=2, feature_seconds=1.5, feature_rate=44100, warmup=1, repeats=2, model_repeats=2)
+              feature_clips=2, feature_seconds=1.5, feature_rate=44100, warmup=1, repeats=2, model_repeats=2,
+              tag_clips=2, tag_long_seconds=25, tag_memory_seconds=60)
 
 
 def planned_runs(sizes: Sizes, with_keras: bool) -> int:
@@ -77,7 +84,7 @@ def planned_runs(sizes: Sizes, with_keras: bool) -> int:
     train = len(MODELS) * (3 if with_keras else 2) * (sizes.train_warmup + sizes.model_repeats)
     feature_contenders = 3 if features.original_resampler() is not None else 2
     # matmul peak, GRU (3 contenders x inference, forward+backward), forward, training, features
-    return per + 6 * per + forward + train + feature_contenders * per
+    return per + 6 * per + forward + train + feature_contenders * per + tagging.planned_runs(sizes)
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     finally:
         runner.bar.close()
     summary = report.headline(sections["forward"], sections["train_step"], sections["train_memory"],
-                              sections["gru"], sections["features"])
+                              sections["gru"], sections["features"], sections["tagging"])
     from experiments.provenance import versions
 
     result = {
@@ -143,6 +150,8 @@ def _sections(runner: Runner, sizes: Sizes, options: BenchOptions) -> dict[str, 
         "train_step": {name: models.train_step(runner, sizes, name, with_keras, peak_gflops) for name in MODELS},
         "train_memory": {name: models.train_memory(runner, sizes, name, options.threads) for name in MODELS},
         "features": features.features(runner, sizes),
+        "tagging": tagging.tagging(runner, sizes),
+        "tagging_memory": tagging.tagging_memory(runner, sizes),
     }
 
 

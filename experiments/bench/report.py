@@ -16,6 +16,8 @@ GOALS = {
     "features_speedup_vs_reference": (">=", 5.0),
     "forward_fraction_of_matmul_peak": (">=", 0.5),
     "train_step_fraction_of_matmul_peak": (">=", 0.6),
+    "tag_realtime_factor_crnn_sed": (">=", 150.0),
+    "tag_realtime_factor_crnn_at": (">=", 300.0),
 }
 SUMMARY_RULE = ("each headline figure is the least favourable over crnn_at and crnn_sed (memory: the largest); "
                 "speedups and ratios are of median wall-clock times measured interleaved; the forward figures are "
@@ -29,7 +31,7 @@ def _least_favourable(values, pick=min):
     return pick(values) if values else None
 
 
-def headline(forward: dict, train: dict, memory: dict, gru: dict, features: dict) -> dict[str, Any]:
+def headline(forward: dict, train: dict, memory: dict, gru: dict, features: dict, tagging: dict) -> dict[str, Any]:
     """The headline figures from the sections' results (see :data:`SUMMARY_RULE`)."""
     def over_models(section: dict, key: str):
         return _least_favourable(figures.get(key) for figures in section.values())
@@ -46,6 +48,9 @@ def headline(forward: dict, train: dict, memory: dict, gru: dict, features: dict
         "peak_train_memory_mb": _least_favourable((m["step_peak_mb"] for m in memory.values()), pick=max),
         "forward_speedup_vs_keras_default_model": over_models(forward, "devinet_speedup_vs_keras_predict"),
         "forward_fraction_of_matmul_peak_default_model": over_models(forward, "devinet_fraction_of_matmul_peak"),
+        # seconds of 10-s clips tagged per wall-clock second, files to tags and events
+        "tag_realtime_factor_crnn_at": tagging["crnn_at_clips_realtime_factor"],
+        "tag_realtime_factor_crnn_sed": tagging["crnn_sed_clips_realtime_factor"],
     }
 
 
@@ -87,6 +92,12 @@ def print_summary(report: dict[str, Any]) -> None:
               f"({_fmt(100 * s['devinet_fraction_of_matmul_peak_estimate'], '.0f')}% of peak), bf16 autocast "
               f"{_fmt(s.get('devinet_bf16_clips_per_s', {}).get('median'), '.1f')}, keras "
               f"{_fmt(s.get('keras_clips_per_s', {}).get('median'), '.1f')}")
+    tag = report["tagging"]
+    print(f"tagging real-time factor (audio s per wall s), 10-s clips / {tag['long_file_seconds']:g}-s file: "
+          + "; ".join(f"{name} {_fmt(tag[f'{name}_clips_realtime_factor'], '.0f')} / "
+                      f"{_fmt(tag[f'{name}_long_file_realtime_factor'], '.0f')}" for name in ("crnn_at", "crnn_sed"))
+          + f"; peak memory tagging a {report['tagging_memory']['duration_s'] / 60:.0f}-min file: "
+            f"{_fmt(report['tagging_memory']['peak_rss_mb'], '.0f')} MiB")
     print("goals:")
     for key, goal in report["goals"].items():
         state = {True: "met", False: "NOT met", None: "n/a"}[goal["met"]]

@@ -104,7 +104,8 @@ def evaluate_sed_file(pred_path: str | os.PathLike, truth_path: str | os.PathLik
                                                     labels=None if gate is None else frozenset(gate[key]))]
             settings = {"threshold": threshold_report(class_thresholds(threshold, len(CLASSES)), CLASSES),
                         "n_smooth": n_smooth, "n_salt": n_salt, "frame_step": frame_step}
-            extra = {"psds": evaluate_psds(keys, frame_probs, truth, n_smooth, n_salt, frame_step)} if psds else {}
+            extra = ({"psds": evaluate_psds(keys, frame_probs, truth, n_smooth, n_salt, frame_step, clips=files)}
+                     if psds else {})
         elif kind == SUBMISSION:
             if psds:
                 raise InputError("a submission has no scores: PSDS needs a frame-probability file")
@@ -114,7 +115,8 @@ def evaluate_sed_file(pred_path: str | os.PathLike, truth_path: str | os.PathLik
         else:
             raise InputError("clip-level probabilities (one line per clip) given for sound event "
                              "detection: use `evaluate at`, or a sed_prob_mat_list file")
-        result = evaluate_sed(events, truth, clips=files) | {"event_based": evaluate_sed_events(events, truth, clips=files)}
+        result = evaluate_sed(events, truth, clips=files) | {
+            "event_based": evaluate_sed_events(events, truth, clips=files)}
     if submission_out is not None:
         write_sed_submission(submission_out, events, files)
     gating = {"gated_by_at": os.fspath(gate_path) if gate_path is not None else None}

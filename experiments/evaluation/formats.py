@@ -21,6 +21,7 @@ import numpy as np
 from devinet._io import atomic_path
 from devinet.errors import FileFormatError, InputError
 from devinet.limits import MAX_CLIP_SECONDS
+from devinet.submission import write_submission
 from experiments.meta import (CLASSES, Event, clip_key, is_gzip, is_number, read_strong_labels, read_weak_labels,
                               text_lines)
 
@@ -219,39 +220,24 @@ def key_times(key: str) -> tuple[str, str]:
     return start, end
 
 def write_at_submission(path: str | os.PathLike, tags: Mapping[str, Sequence[str]]) -> None:
-    """Write an AT submission in the weak-label format, atomically.
+    """Write an AT submission in the weak-label format, atomically (:func:`devinet.submission.write_submission`).
 
     One ``<key>.wav<TAB>start<TAB>end<TAB>label`` row per predicted label (start/end of the clip
     in its video, as in the ground truth); a clip without labels gets a line with its name alone,
     so that the file still lists it.
     """
-    with _open_output(path) as handle:
-        for key, labels in tags.items():
-            key = clip_key(key)
-            start, end = key_times(key)
-            if not labels:
-                handle.write(f"{key}.wav\n")
-            for label in labels:
-                handle.write(f"{key}.wav\t{start}\t{end}\t{label}\n")
-
-def _format_seconds(value: float) -> str:
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return text or "0"
+    names = {key: f"{clip_key(key)}.wav" for key in tags}
+    rows = [(names[key], *key_times(clip_key(key)), label) for key, labels in tags.items() for label in labels]
+    write_submission(path, rows, listed=list(names.values()))
 
 def write_sed_submission(path: str | os.PathLike, events: Sequence[Event], keys: Sequence[str] = ()) -> None:
-    """Write an SED submission, atomically.
+    """Write an SED submission, atomically (:func:`devinet.submission.write_submission`).
 
     One ``<key>.wav<TAB>onset<TAB>offset<TAB>label`` row per event, then a line with the name
     alone for each clip of ``keys`` without events (as CVSSP's writer), so the file lists it.
     """
-    with_events = {clip_key(event.key) for event in events}
-    with _open_output(path) as handle:
-        for event in events:
-            handle.write(f"{clip_key(event.key)}.wav\t{_format_seconds(event.onset)}\t"
-                         f"{_format_seconds(event.offset)}\t{event.label}\n")
-        for key in keys:
-            if clip_key(key) not in with_events:
-                handle.write(f"{clip_key(key)}.wav\n")
+    rows = [(f"{clip_key(event.key)}.wav", event.onset, event.offset, event.label) for event in events]
+    write_submission(path, rows, listed=[f"{clip_key(key)}.wav" for key in keys])
 
 def _check_event_labels(path, events: Sequence[Event], classes: Sequence[str]) -> None:
     known = set(classes)

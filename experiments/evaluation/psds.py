@@ -159,11 +159,11 @@ def _clip_seconds(key: str) -> float:
 def evaluate_psds(keys: Sequence[str], frame_probs: Sequence[np.ndarray], truth_events: Sequence[Event],
                   n_smooth: int = DEFAULT_N_SMOOTH, n_salt: int = DEFAULT_N_SALT,
                   frame_step: float = FRAME_STEP_SEC, scenarios: dict[str, PSDSScenario] | None = None,
-                  classes: Sequence[str] = CLASSES) -> dict:
+                  classes: Sequence[str] = CLASSES, clips: Sequence[str] = ()) -> dict:
     """PSDS of CVSSP's post-processed frame probabilities against strong labels, per scenario.
 
-    keys: the clips, exactly those of ``truth_events``; frame_probs: one ``(T, K)`` array per
-    clip. Returns the settings and, per scenario, its parameters, ``psds`` and the per-class
+    keys: the clips, exactly those of ``truth_events`` and ``clips`` (clips of the evaluated set
+    without any reference event: valid negatives); frame_probs: one ``(T, K)`` array per clip. Returns the settings and, per scenario, its parameters, ``psds`` and the per-class
     areas ``class_wise`` (each class's own PSD-ROC, without the across-class terms).
     """
     scenarios = PSDS_SCENARIOS if scenarios is None else scenarios
@@ -171,6 +171,8 @@ def evaluate_psds(keys: Sequence[str], frame_probs: Sequence[np.ndarray], truth_
     if len(keys) != len(frame_probs):
         raise InputError(f"{len(keys)} clip names for {len(frame_probs)} frame-probability arrays")
     reference = psds_reference(truth_events)
+    for key in clips:
+        reference.setdefault(clip_key(key), [])
     check_clip_sets(keys, list(reference))
     labels = class_order({label for events in reference.values() for _, _, label in events})
     if not labels:
