@@ -72,9 +72,11 @@ def command_line(args: argparse.Namespace) -> str:
         values = value if isinstance(value, (list, tuple)) else [value]
         if not action.option_strings:
             parts += [str(v) for v in values if v is not None]
+        elif action.nargs == 0:  # a flag; two flags may share one destination (--x / --no-x)
+            if value != action.default and value == action.const:
+                parts.append(max(action.option_strings, key=len))
         elif value != action.default:
-            flag = max(action.option_strings, key=len)
-            parts += [flag] if action.nargs == 0 else [flag, *(str(v) for v in values)]
+            parts += [max(action.option_strings, key=len), *(str(v) for v in values)]
     return " ".join([parser.prog, *(shlex.quote(part) for part in parts)])
 
 

@@ -2,7 +2,7 @@
 
 A system of the paper is an average of several checkpoints: a trained system fuses the
 checkpoints of its last epochs, the fusion system the checkpoints of its members. ``devinet
-reproduce`` writes one list per system (``OUT/models/<system>.json``)::
+reproduce`` writes one list per system (``OUT/models/seed<seed>/<system>.json``)::
 
     {"format": "devinet-model-list", "format_version": 1, "system": "fusion",
      "description": "...", "checkpoints": ["../work/runs/.../epoch_0029.pt", ...]}

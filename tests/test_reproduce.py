@@ -55,7 +55,7 @@ def test_tiny_pipeline_writes_results_table_and_figures(tiny):
         assert {"map", "macro_auc"} <= set(entry["mean"]["at"]) and set(entry["mean"]["psds"]) == {"scenario1",
                                                                                                     "scenario2"}
         assert {"error_rate", "f1"} <= set(entry["mean"]["sed_event"])
-    assert results["command"].startswith("devinet reproduce --size tiny --out ")
+    assert results["command"].startswith("devinet reproduce --size tiny --no-huge-pages --out ")  # one flag of the pair
     assert results["timing_seconds"]["training"] > 0
     md = (tiny / "results.md").read_text()
     for needle in ("AT micro F1", "SED segment ER (1 s)", "Do the paper's orderings hold", "### Each seed",

@@ -536,7 +536,7 @@ def test_devinet_tag_agrees_with_a_reproduce_run(tiny_reproduction, tmp_path, sy
 @pytest.mark.slow
 def test_tagging_memory_does_not_grow_with_duration(tmp_path):
     """Peak resident memory of tagging 3 and 15 minutes of 22.05-kHz FLAC (resampled in 60-s
-    blocks), each in a fresh process (ru_maxrss): twelve more minutes of audio (127 MB as
+    blocks), each in a fresh process (VmHWM): twelve more minutes of audio (127 MB as
     float64) must not show; what grows is the outputs (frame probabilities, 1 MB). Measured
     (small model): 543, 539, 542 and 542 MiB for 3, 6, 12 and 24 minutes; a file of one or two
     blocks stays below (504 MiB for 2 minutes). docs/benchmarks.md has the one-hour figure of

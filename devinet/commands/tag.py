@@ -2,7 +2,7 @@
 
 AUDIO is any number of sound files and folders (their audio files; with --recursive, those of
 their sub-folders too). --model takes self-describing checkpoints (``devinet convert ...
---scaler``, or those of ``devinet reproduce``) and model lists (``OUT/models/<system>.json``
+--scaler``, or those of ``devinet reproduce``) and model lists (``OUT/models/seed<seed>/<system>.json``
 of ``devinet reproduce``); several are fused. Written into --out, atomically:
 
 - ``tags.tsv``: the DCASE 2017 Task 4 subtask A submission, ``name<TAB>start<TAB>end<TAB>label``
@@ -36,8 +36,9 @@ AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="+", metavar="AUDIO", help="sound files (wav, flac, ogg, mp3, ...) and folders")
     parser.add_argument("--model", action="append", required=True, metavar="CKPT",
-                        help="a self-describing devinet checkpoint or a model list (OUT/models/<system>.json of "
-                             "devinet reproduce); repeat it to fuse several (probabilities averaged)")
+                        help="a self-describing devinet checkpoint or a model list of devinet reproduce "
+                             "(OUT/models/seed<seed>/<system>.json); repeat it to fuse several (probabilities "
+                             "averaged)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for tags.tsv, events.tsv, results.json")
     parser.add_argument("--recursive", action="store_true", help="also take the audio files of sub-folders")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",

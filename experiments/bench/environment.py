@@ -10,6 +10,16 @@ from typing import Any
 _BLAS_LIMITS: list[Any] = []
 
 
+def process_status_mb(key: str) -> float:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB. VmHWM belongs to this process's
+    own address space, unlike ``ru_maxrss``, which exec inherits from the parent's."""
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"/proc/self/status has no {key}")
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .environment import process_status_mb
 from .flops import forward_flops
 from .timing import Runner
 
@@ -156,14 +157,6 @@ def train_step(runner: Runner, sizes, name: str, with_keras: bool, peak_gflops: 
     return result
 
 
-def _proc_status_mb(key: str) -> float:
-    with open("/proc/self/status", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise OSError(f"/proc/self/status has no {key}")
-
-
 def memory_probe(name: str, batch: str, frames: str, threads: str) -> dict[str, float]:
     """Peak resident memory of one devinet training step on the CPU (run in a fresh process).
 
@@ -182,9 +175,9 @@ def memory_probe(name: str, batch: str, frames: str, threads: str) -> dict[str, 
     step()
     with open("/proc/self/clear_refs", "w", encoding="utf-8") as handle:
         handle.write("5")
-    before = _proc_status_mb("VmRSS")
+    before = process_status_mb("VmRSS")
     step()
-    peak = _proc_status_mb("VmHWM")
+    peak = process_status_mb("VmHWM")
     return {"step_peak_mb": peak - before, "process_peak_rss_mb": peak, "resting_rss_mb": before}
 
 

@@ -7,7 +7,7 @@ several files batched) and for one long file (FLAC), crnn_at and crnn_sed run si
 The models have random weights and a neutral scaler: speed does not depend on the values.
 
 :func:`peak_memory_mb` measures the peak resident memory of tagging a long generated file in
-a fresh process (``ru_maxrss``), the figure that must not grow with the duration.
+a fresh process (``VmHWM``), the figure that must not grow with the duration.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .environment import process_status_mb
 from .timing import Runner
 
 #: the presets whose tagging speed is measured, by headline name
@@ -98,9 +99,7 @@ def planned_runs(sizes) -> int:
 
 
 def memory_probe(audio: str, checkpoint: str, threads: str) -> dict[str, float]:
-    """Tag one file in this (fresh) process; its peak resident memory in MiB (``ru_maxrss``)."""
-    import resource
-
+    """Tag one file in this (fresh) process; its peak resident memory in MiB (``VmHWM``)."""
     import torch
 
     from devinet.tagging import Tagger
@@ -108,7 +107,7 @@ def memory_probe(audio: str, checkpoint: str, threads: str) -> dict[str, float]:
     torch.set_num_threads(int(threads))
     tagger = Tagger.from_checkpoint(checkpoint)
     result = tagger.tag(audio)
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"peak_rss_mb": process_status_mb("VmHWM"),
             "duration_s": result.duration, "frames": int(result.framewise.shape[0])}
 
 
@@ -133,7 +132,7 @@ def tagging_memory(runner: Runner, sizes) -> dict[str, Any]:
         audio = write_test_audio(folder / "long.flac", sizes.tag_memory_seconds, seed=7)
         checkpoint = write_checkpoint(folder / "crnn_sed.pt", TAGGED["crnn_sed"])
         probe = peak_memory_mb(audio, checkpoint)
-    return {**probe, "model": "crnn_sed", "method": "ru_maxrss of a fresh process that tags the file "
+    return {**probe, "model": "crnn_sed", "method": "VmHWM of a fresh process that tags the file "
                                                     "(devinet.Tagger.tag, default options, 2 threads)"}
 
 
