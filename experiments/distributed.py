@@ -67,6 +67,12 @@ class Processes:
         return self.world_size > 1
 
 
+def say(message: str) -> None:
+    """Print a progress line once: in the rank-0 process, or outside a launcher."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
+
+
 def launched() -> bool:
     """Whether a torch launcher (``torchrun`` or :func:`launch`) started this process as a training process."""
     return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -370,6 +376,6 @@ def launch(nproc: int, command: str, fn: Callable, *args: Any, threads: int | No
     return results[0]
 
 
-__all__ = ["COLLECTIVE_TIMEOUT_S", "Processes", "launched", "processes", "join", "leave", "training_device", "shard",
-           "sum_over_processes", "broadcast_int", "GlobalBatchNorm2d", "use_global_batchnorm", "data_parallel",
+__all__ = ["COLLECTIVE_TIMEOUT_S", "Processes", "say", "launched", "processes", "join", "leave", "training_device",
+           "shard", "sum_over_processes", "broadcast_int", "GlobalBatchNorm2d", "use_global_batchnorm", "data_parallel",
            "TrainingProcessFailed", "run_training_process", "launch"]

@@ -45,7 +45,7 @@ import numpy as np
 
 from devinet.config import DeviNetConfig, preset_config, ungated_matched
 from devinet.errors import ConfigError, FileFormatError
-from experiments.train import ORIGINAL_SCHEDULES, TrainSchedule
+from experiments.schedules import ORIGINAL_SCHEDULES, TrainSchedule
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ from devinet.config import DeviNetConfig, preset_config
 from devinet.errors import ConfigError, FileFormatError
 from experiments import distributed
 from experiments.precision import PRECISIONS
-from experiments.train import KEEP_POLICIES, TrainSchedule
+from experiments.schedules import TrainSchedule
+from experiments.train import KEEP_POLICIES
 
 #: DataLoader workers when the config leaves them to us: reading overlaps GPU steps; on the CPU
 #: the reads are short beside a step and extra processes would take cores from it

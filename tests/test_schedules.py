@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from devinet.errors import ConfigError
-from experiments.train import ORIGINAL_SCHEDULES, TrainSchedule
+from experiments.schedules import ORIGINAL_SCHEDULES, TrainSchedule
 
 
 def test_main_crnn_at_fuses_the_weights_after_epochs_21_to_30():
