@@ -26,7 +26,7 @@ HELP = "run the paper's weak-label experiments end to end"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="the quick size (same as --size quick): about 20 minutes on 2 CPU cores")
+                        help="the quick size (same as --size quick): about 30 minutes per seed on 2 CPU cores")
     parser.add_argument("--size", choices=("tiny", "quick", "full"), default=None,
                         help="experiment size (default: full, the original recipe); sizes are "
                              "experiments/configs/<size>.yaml")
