@@ -129,6 +129,22 @@ def import_h5py(what: str = "h5py", extra: str = "keras"):
     return h5py
 
 
+def read_yaml(path: str | os.PathLike, missing: str = "no such file"):
+    """The data of a YAML file (``yaml.safe_load``: a file never runs code); a missing file
+    (``missing`` says what was looked for), non-UTF-8 text or invalid YAML is a FileFormatError."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(path, missing)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise FileFormatError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(path, f"not UTF-8 text (byte {exc.start})") from None
+
+
 def open_h5(path: str | os.PathLike, what: str = "h5py", extra: str = "keras"):
     """Open an HDF5 file read-only; a file h5py cannot open is a FileFormatError naming it."""
     h5py = import_h5py(what, extra)

@@ -43,8 +43,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from devinet._io import read_yaml
 from devinet.config import DeviNetConfig, preset_config, ungated_matched
-from devinet.errors import ConfigError, FileFormatError
+from devinet.errors import ConfigError
 from experiments.schedules import ORIGINAL_SCHEDULES, TrainSchedule
 
 
@@ -275,19 +276,10 @@ def size_config_from_dict(data: Mapping[str, Any], where: str = "size config") -
 
 def load_size_config(name_or_path: str | os.PathLike) -> SizeConfig:
     """A size by name (``tiny``, ``quick``, ``full``) or a YAML file of the same schema."""
-    import yaml
-
     path = Path(name_or_path)
     if str(name_or_path) in SIZES:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise FileFormatError(path, f"no such size config (sizes: {', '.join(SIZES)}, or a YAML file)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FileFormatError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
-    except UnicodeDecodeError as exc:
-        raise FileFormatError(path, f"not UTF-8 text (byte {exc.start})") from None
+    data = read_yaml(path, f"no such size config (sizes: {', '.join(SIZES)}, or a YAML file)")
     return size_config_from_dict(data, where=str(path))
 
 

@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from devinet._io import read_yaml
 from devinet.config import DeviNetConfig, preset_config
 from devinet.errors import ConfigError, FileFormatError
 from experiments import distributed
@@ -123,18 +124,8 @@ def train_config_from_dict(data: Mapping[str, Any], where: str = "train config")
 
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
     """A train config from a YAML file (``yaml.safe_load``: a file never runs code)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(path, "no such train config")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FileFormatError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
-    except UnicodeDecodeError as exc:
-        raise FileFormatError(path, f"not UTF-8 text (byte {exc.start})") from None
-    return train_config_from_dict(data, where=str(path))
+    data = read_yaml(path, "no such train config")
+    return train_config_from_dict(data, where=str(Path(path)))
 
 
 # ---------------------------------------------------------------------- the job
