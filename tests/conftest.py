@@ -11,6 +11,7 @@ glibc; they run only with DEVINET_TEST_ALLOCATOR=1.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import json
 import os
@@ -122,6 +123,26 @@ def fresh_python():
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     return run
+
+
+# ---------------------------------------------------------------------- pickles that run code
+class CodeRunningPickle:
+    """Unpickling this object calls ``function(*args)``: what a hostile file would do."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def code_running_payloads(marker: Path) -> dict[str, CodeRunningPickle]:
+    """Payloads of three kinds, each creating ``marker`` when unpickled."""
+    return {
+        "os.system": CodeRunningPickle(os.system, f"touch '{marker}'"),
+        "exec": CodeRunningPickle(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+        "open": CodeRunningPickle(builtins.open, str(marker), "w"),
+    }
 
 
 # ---------------------------------------------------------------------- hostile inputs under resource limits

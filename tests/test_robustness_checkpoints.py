@@ -9,7 +9,6 @@ it), then devinet is shown not to run it.
 
 from __future__ import annotations
 
-import builtins
 import io
 import os
 import pickle
@@ -23,7 +22,7 @@ import pytest
 import torch
 
 import devinet
-from conftest import import_or_require
+from conftest import CodeRunningPickle, code_running_payloads, import_or_require
 from devinet import DeviNet, DeviNetConfig
 from devinet.cli import main
 from devinet.errors import FileFormatError
@@ -197,26 +196,7 @@ def test_the_good_checkpoint_loads(good):
 
 
 # ---------------------------------------------------------------------- crafted pickles
-class _Payload:
-    """Unpickling this object calls ``function(*args)``: what a hostile checkpoint would do."""
-
-    def __init__(self, function, *args):
-        self.function, self.args = function, args
-
-    def __reduce__(self):
-        return self.function, self.args
-
-
-def _creates(marker: Path) -> dict[str, _Payload]:
-    """Payloads of three kinds, each creating ``marker`` when unpickled."""
-    return {
-        "os.system": _Payload(os.system, f"touch '{marker}'"),
-        "exec": _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
-        "open": _Payload(builtins.open, str(marker), "w"),
-    }
-
-
-def _torch_file(path: Path, payload: _Payload, good, where: str) -> None:
+def _torch_file(path: Path, payload: CodeRunningPickle, good, where: str) -> None:
     """A torch zip archive shaped like a devinet checkpoint with ``payload`` inside (data.pkl)."""
     content = _payload(good)
     if where == "top":
@@ -233,12 +213,12 @@ def _torch_file(path: Path, payload: _Payload, good, where: str) -> None:
 def test_crafted_torch_pickle_is_refused_without_running_it(kind, where, good, tmp_path, capsys):
     # The control: an unsafe load of the same kind of file runs the payload.
     control_marker = tmp_path / "control_marker"
-    _torch_file(tmp_path / "control.pt", _creates(control_marker)[kind], good, where)
+    _torch_file(tmp_path / "control.pt", code_running_payloads(control_marker)[kind], good, where)
     torch.load(tmp_path / "control.pt", weights_only=False)
     assert control_marker.exists(), "the payload is not live: this test would prove nothing"
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
-    _torch_file(path, _creates(marker)[kind], good, where)
+    _torch_file(path, code_running_payloads(marker)[kind], good, where)
     with pytest.raises(FileFormatError, match=r"refused to load: it holds more than plain data \(.*GLOBAL") as info:
         devinet.load(path)
     assert "weights_only" not in str(info.value)  # no advice to load it unsafely
@@ -252,7 +232,8 @@ def test_crafted_torch_pickle_is_refused_without_running_it(kind, where, good, t
 def test_legacy_pickle_file_is_never_unpickled(protocol, tmp_path, capsys):
     """A plain pickle (torch's pre-1.6 format) with a payload: refused before unpickling."""
     marker = tmp_path / "marker"
-    data = pickle.dumps({"format": "devinet-checkpoint", "x": _creates(marker)["os.system"]}, protocol=protocol)
+    payload = code_running_payloads(marker)["os.system"]
+    data = pickle.dumps({"format": "devinet-checkpoint", "x": payload}, protocol=protocol)
     pickle.loads(data)
     assert marker.exists(), "the payload is not live"
     marker.unlink()
@@ -362,7 +343,7 @@ def test_scaler_file_with_a_pickled_payload_is_refused_without_running_it(tmp_pa
     from devinet.features import Scaler
 
     marker = tmp_path / "marker"
-    payload = np.array([_creates(marker)["os.system"]], dtype=object)
+    payload = np.array([code_running_payloads(marker)["os.system"]], dtype=object)
     np.savez(tmp_path / "control.npz", mean=payload, std=np.ones(1))
     with np.load(tmp_path / "control.npz", allow_pickle=True) as unsafe:
         unsafe["mean"]

@@ -4,7 +4,6 @@ the original features and a ``devinet reproduce`` run."""
 
 from __future__ import annotations
 
-import builtins
 import json
 import math
 import os
@@ -19,6 +18,7 @@ import soundfile
 import torch
 
 import devinet
+from conftest import code_running_payloads
 from devinet.cli import main
 from devinet.errors import ConfigError, FileFormatError, InputError
 from devinet.features import extract_logmel, extract_logmel_batch, pad_or_truncate
@@ -79,22 +79,6 @@ def at_ckpt(tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------- scalers and class names
-class _Payload:
-    """Unpickling calls ``function(*args)``."""
-
-    def __init__(self, function, *args):
-        self.function, self.args = function, args
-
-    def __reduce__(self):
-        return self.function, self.args
-
-
-def _payloads(marker: Path) -> dict[str, _Payload]:
-    return {"os.system": _Payload(os.system, f"touch '{marker}'"),
-            "exec": _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
-            "open": _Payload(builtins.open, str(marker), "w")}
-
-
 def _py2_str(data: bytes) -> str:
     """A Python 2 ``str`` as protocol 0 writes it (S'...' with repr escapes)."""
     escapes = {"\\": "\\\\", "'": "\\'", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -155,7 +139,7 @@ def test_a_hostile_scaler_pickle_never_runs(kind, tmp_path, capsys):
     from sklearn.preprocessing import StandardScaler
 
     marker = tmp_path / "marker"
-    payload = _payloads(marker)[kind]
+    payload = code_running_payloads(marker)[kind]
     pickle.loads(pickle.dumps(payload))  # the control: an ordinary unpickler runs it
     assert marker.exists(), "the payload is not live"
     marker.unlink()
