@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import devinet
+from conftest import code_running_payloads
 from devinet.cli import main
 from devinet.errors import DevinetError
 from parity.convert import keras_to_torch
@@ -557,14 +558,6 @@ def test_lambda_bytecode_is_never_run(encoding, k208, untouched_at_model, tmp_pa
 
 
 # ---------------------------------------------------------------------- devinet parity: damaged recordings
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "random_bytes", "pickled_payload"])
 def test_damaged_reference_recording_is_refused_in_one_line(damage, k208, tmp_path, capsys):
@@ -575,7 +568,7 @@ def test_damaged_reference_recording_is_refused_in_one_line(damage, k208, tmp_pa
     elif damage == "random_bytes":
         recording.write_bytes(os.urandom(4096))
     else:
-        np.savez(recording, names=np.array([_Payload(marker)], dtype=object))
+        np.savez(recording, names=np.array([code_running_payloads(marker)["os.system"]], dtype=object))
         with np.load(recording, allow_pickle=True) as unsafe:
             unsafe["names"]
         assert marker.exists(), "the payload is not live"

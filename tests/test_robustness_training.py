@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import code_running_payloads
 from devinet.errors import FileFormatError
 from devinet.features import Scaler
 from experiments.systems import model_config
@@ -246,21 +247,13 @@ def test_damaged_last_checkpoint_is_a_clear_error(tmp_path):
     assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
 
 
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
-
-
 @pytest.mark.slow
 def test_hostile_checkpoint_in_a_run_folder_is_never_executed(tmp_path):
     folder = _first_epoch(tmp_path)
     path = RunFolder(folder).checkpoint(1)
     payload = torch.load(path, weights_only=True)
     marker = tmp_path / "marker"
-    payload["training"]["history"].append({"epoch": _Payload(marker)})
+    payload["training"]["history"].append({"epoch": code_running_payloads(marker)["os.system"]})
     torch.save(payload, path)
     with pytest.raises(FileFormatError, match="refused to load: it holds more than plain data"):
         train_here(folder)
