@@ -281,7 +281,7 @@ def pack_split(
     """
     resampler, jobs = _checked_options(backend, resampler, chunk_size, jobs, dtype)
     out_path = check_destination(out_path, force)
-    h5py = _h5py()
+    h5py = import_h5py("h5py", "features")
     keys, paths, labels = _plan(wav_dir, meta_path)
     chunks = _chunks(keys, chunk_size)
     this_recipe = recipe(backend, resampler)
@@ -334,10 +334,6 @@ def _job(keys: Sequence[str], chunk_size: int, this_recipe: dict) -> dict:
         "clips": hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest(),
         "n_clips": len(keys), "chunk_size": chunk_size, "recipe": this_recipe,
     }
-
-
-def _h5py():
-    return import_h5py("h5py", "features")
 
 
 @contextlib.contextmanager
